@@ -1,0 +1,251 @@
+"""Shared config pieces, validation, and the bridge from the experiment config to the model.
+
+``base_config()`` holds every key with its default and a one-line meaning; config files
+in configs/ start from it and change what their experiment needs. ``validate`` checks
+a config before anything is compiled and raises ``ConfigError`` with one line that
+names the key and the fix.
+"""
+
+import os
+
+import jax.numpy as jnp
+import ml_collections
+
+from llm_jax.models import attention as attention_kernels
+from llm_jax.models import layers
+from llm_jax.models import transformer
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message names the key and the fix."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                      # seeds parameters, dropout and data order
+  c.log_every_steps = 50          # train metrics to metrics.jsonl / TensorBoard
+  c.init_from = ''                # a workdir whose latest parameters start this run
+  c.parallelism = 'jit'           # 'jit' (logical-axis sharding over the mesh)
+
+  c.model = ml_collections.ConfigDict()
+  m = c.model
+  m.kind = 'decoder'              # model kind: 'decoder' (GPT-style causal LM)
+  m.num_layers = 4                # transformer blocks L
+  m.num_heads = 4                 # query heads N
+  m.num_kv_heads = -1             # key/value heads K (-1: = num_heads; 1: multi-query)
+  m.emb_dim = 128                 # model width D
+  m.head_dim = -1                 # H (-1: emb_dim // num_heads)
+  m.mlp_dim = -1                  # feed-forward width F (-1: 4 * emb_dim)
+  m.max_len = -1                  # position table / KV cache length (-1: data.seq_len)
+  m.dropout_rate = 0.0            # residual, embedding and MLP dropout
+  m.attention_dropout_rate = 0.0  # dropout on attention probabilities ('xla' kernel only)
+  m.pos_encoding = 'learned'      # 'learned' | 'sinusoidal' | 'rope' | 'none'
+  m.rope_theta = 10000.0          # RoPE base
+  m.mlp_activation = 'gelu'       # 'relu' | 'gelu' | 'swiglu'
+  m.norm = 'layernorm'            # 'layernorm' | 'rmsnorm'
+  m.norm_placement = 'pre'        # 'pre' (GPT-2) | 'post' (original Transformer)
+  m.use_bias = False              # biases in dense layers and LayerNorm
+  m.tie_embeddings = True         # output projection = token embedding transposed
+  m.attention_kernel = 'xla'      # 'xla' | 'dot_product' | 'cudnn' (GPU)
+  m.dtype = 'float32'             # compute dtype: 'float32' | 'bfloat16'; params stay float32
+  m.remat = 'none'                # per-block gradient checkpointing: none|full|dots|dots_no_batch
+  m.scan_layers = False           # nn.scan over layers (flat compile time in depth)
+  m.init_std = 0.02               # std of the normal initializer
+
+  c.data = ml_collections.ConfigDict()
+  d = c.data
+  d.dataset = 'embedded'          # 'embedded' | 'files' | a TFDS name ('tiny_shakespeare', 'lm1b', ...)
+  d.text_key = 'text'             # TFDS feature holding the text
+  d.train_split = 'train'
+  d.eval_split = 'validation'     # '' = no evaluation
+  d.files = ''                    # dataset='files': comma-separated globs, one document per file
+  d.eval_fraction = 0.05          # dataset='files': share held out for evaluation
+  d.data_dir = ''                 # TFDS data_dir ('' = TFDS default)
+  d.manual_dir = ''               # TFDS manual_dir for datasets that cannot download
+  d.seq_len = 128                 # tokens per training row T
+  d.tokenizer = 'char'            # 'char' | 'byte' | 'sentencepiece'
+  d.vocab_size = 8000             # sentencepiece vocabulary size
+  d.sp_model_type = 'bpe'         # sentencepiece model: 'bpe' | 'unigram'
+  d.max_documents = 0             # cap documents per split (0 = all)
+  d.cache_dir = ''                # tokenizer + token cache ('' = WORKDIR/data)
+
+  c.train = ml_collections.ConfigDict()
+  t = c.train
+  t.steps = 1000                  # length of the run; sets the schedule
+  t.stop_at = -1                  # stop after this step with a checkpoint, schedule untouched (-1: off)
+  t.batch_size = 32               # global batch, in rows of seq_len tokens
+  t.micro_batches = 1             # gradient accumulation: batch_size splits into this many
+  t.learning_rate = 1e-3          # peak learning rate
+  t.end_learning_rate = 1e-4      # learning rate at the end of the decay
+  t.warmup_steps = 100            # linear warmup from 0
+  t.schedule = 'cosine'           # 'cosine' | 'linear' | 'constant' (after warmup)
+  t.decay_steps = -1              # steps of warmup + decay (-1: steps)
+  t.b1 = 0.9
+  t.b2 = 0.99
+  t.eps = 1e-8
+  t.weight_decay = 0.1            # decoupled (AdamW)
+  t.decay_norms = False           # apply weight decay to norm scales
+  t.decay_biases = False          # ... to biases
+  t.decay_embeddings = True       # ... to embedding tables
+  t.grad_clip = 1.0               # global-norm clipping (0: off)
+  t.z_loss = 0.0                  # weight of log(Z)^2 (PaLM); 0: off
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 250        # 0: evaluate only at the end
+  c.eval.max_batches = 0          # eval batches (of train.batch_size rows) per evaluation (0: whole split)
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                # data-parallel axis size (-1: the devices left over)
+  c.mesh.fsdp = 1                 # fully-sharded data-parallel axis size
+  c.mesh.tensor = 1               # tensor (Megatron) parallel axis size
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 500  # save interval; a final checkpoint is always written
+  c.checkpoint.max_to_keep = 3
+  c.checkpoint.async_save = True  # save in the background while training continues
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.prompt = ''            # if set, sample this prompt at the end of training
+  c.sample.max_new_tokens = 200
+  c.sample.temperature = 0.8
+  c.sample.top_k = 0
+  c.sample.top_p = 1.0
+  return c
+
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def _one_of(key, value, options):
+  if value not in options:
+    raise ConfigError(f'config.{key}={value!r} is unknown; choose one of {", ".join(sorted(options))}.')
+
+
+def _positive(config, *keys):
+  for key in keys:
+    value = config
+    for part in key.split('.'):
+      value = value[part]
+    if value <= 0:
+      raise ConfigError(f'config.{key}={value} must be positive.')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+  """Raises ConfigError (one line: the key and the fix) for a config that cannot run."""
+  m, d, t = config.model, config.data, config.train
+  _positive(config, 'model.num_layers', 'model.num_heads', 'model.emb_dim', 'data.seq_len',
+            'train.steps', 'train.batch_size', 'train.micro_batches', 'log_every_steps',
+            'checkpoint.every_steps', 'checkpoint.max_to_keep')
+  if config.eval.every_steps < 0:
+    raise ConfigError(f'config.eval.every_steps={config.eval.every_steps} must be >= 0 (0: only at the end).')
+  _one_of('model.kind', m.kind, transformer.MODELS)
+  _one_of('model.pos_encoding', m.pos_encoding, layers.positional_names())
+  _one_of('model.mlp_activation', m.mlp_activation, layers.ACTIVATIONS)
+  _one_of('model.norm', m.norm, layers.NORMS)
+  _one_of('model.norm_placement', m.norm_placement, ('pre', 'post'))
+  _one_of('model.dtype', m.dtype, DTYPES)
+  _one_of('model.remat', m.remat, transformer.REMAT_POLICIES)
+  _one_of('model.attention_kernel', m.attention_kernel, attention_kernels.names())
+  _one_of('train.schedule', t.schedule, ('cosine', 'linear', 'constant'))
+  _one_of('parallelism', config.parallelism, ('jit',))
+  if m.emb_dim % m.num_heads and m.head_dim == -1:
+    raise ConfigError(f'config.model.num_heads={m.num_heads} does not divide config.model.emb_dim='
+                      f'{m.emb_dim}; pick heads that divide the width or set config.model.head_dim.')
+  kv = m.num_heads if m.num_kv_heads == -1 else m.num_kv_heads
+  if kv <= 0 or m.num_heads % kv:
+    raise ConfigError(f'config.model.num_kv_heads={m.num_kv_heads} must divide config.model.num_heads='
+                      f'{m.num_heads} (use a divisor, or -1 for num_heads).')
+  head_dim = m.head_dim if m.head_dim != -1 else m.emb_dim // m.num_heads
+  if m.pos_encoding == 'rope' and head_dim % 2:
+    raise ConfigError(f'rope needs an even head dim, got {head_dim}; change config.model.head_dim or num_heads.')
+  if m.max_len != -1 and d.seq_len > m.max_len:
+    raise ConfigError(f'config.data.seq_len={d.seq_len} is longer than config.model.max_len={m.max_len} '
+                      f'positions; raise max_len or lower seq_len.')
+  if m.attention_dropout_rate > 0 and not attention_kernels.supports_dropout(m.attention_kernel):
+    raise ConfigError(f'config.model.attention_kernel={m.attention_kernel!r} has no attention dropout; '
+                      f'set config.model.attention_dropout_rate=0 or use attention_kernel=xla.')
+  if not 0 <= m.dropout_rate < 1 or not 0 <= m.attention_dropout_rate < 1:
+    raise ConfigError('config.model.dropout_rate and attention_dropout_rate must be in [0, 1).')
+  if d.tokenizer not in ('char', 'byte', 'sentencepiece'):
+    _one_of('data.tokenizer', d.tokenizer, ('char', 'byte', 'sentencepiece'))
+  if t.batch_size % t.micro_batches:
+    raise ConfigError(f'config.train.batch_size={t.batch_size} is not divisible by '
+                      f'config.train.micro_batches={t.micro_batches}.')
+  per_micro = t.batch_size // t.micro_batches
+  if per_micro % num_devices:
+    raise ConfigError(f'config.train.batch_size={t.batch_size} gives micro-batches of {per_micro} rows, '
+                      f'not divisible by {num_devices} devices; use a multiple of {num_devices * t.micro_batches}.')
+  if t.stop_at != -1 and not 0 < t.stop_at <= t.steps:
+    raise ConfigError(f'config.train.stop_at={t.stop_at} must be in 1..train.steps={t.steps} (or -1).')
+  if t.warmup_steps < 0 or t.warmup_steps > t.steps:
+    raise ConfigError(f'config.train.warmup_steps={t.warmup_steps} must be in 0..train.steps={t.steps}.')
+  if config.init_from and not os.path.isdir(config.init_from):
+    raise ConfigError(f'config.init_from={config.init_from!r} is not a directory; give a run\'s workdir.')
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides) -> layers.TransformerConfig:
+  """The model's frozen dataclass from the experiment config (after ``validate``)."""
+  m = config.model
+  fields = dict(
+      vocab_size=vocab_size,
+      num_layers=m.num_layers,
+      num_heads=m.num_heads,
+      num_kv_heads=m.num_heads if m.num_kv_heads == -1 else m.num_kv_heads,
+      emb_dim=m.emb_dim,
+      head_dim=m.head_dim if m.head_dim != -1 else m.emb_dim // m.num_heads,
+      mlp_dim=m.mlp_dim if m.mlp_dim != -1 else 4 * m.emb_dim,
+      max_len=m.max_len if m.max_len != -1 else config.data.seq_len,
+      dropout_rate=m.dropout_rate,
+      attention_dropout_rate=m.attention_dropout_rate,
+      pos_encoding=m.pos_encoding,
+      rope_theta=m.rope_theta,
+      mlp_activation=m.mlp_activation,
+      norm=m.norm,
+      norm_placement=m.norm_placement,
+      use_bias=m.use_bias,
+      tie_embeddings=m.tie_embeddings,
+      attention_kernel=m.attention_kernel,
+      dtype=DTYPES[m.dtype],
+      remat=m.remat,
+      scan_layers=m.scan_layers,
+      init_std=m.init_std,
+  )
+  fields.update(overrides)
+  return layers.TransformerConfig(**fields)
+
+
+def from_file(path: str, **overrides) -> ml_collections.ConfigDict:
+  """``get_config()`` of a config file, locked, with dotted-key overrides applied.
+
+  ``from_file('configs/default.py', **{'train.steps': 10})`` is what
+  ``--config=configs/default.py --config.train.steps=10`` gives on the command line.
+  """
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.lock()
+  for key, value in overrides.items():
+    try:
+      config.update_from_flattened_dict({key: value})
+    except (KeyError, AttributeError):
+      raise ConfigError(unknown_key_message(config, key)) from None
+  return config
+
+
+def unknown_key_message(config: ml_collections.ConfigDict, key: str) -> str:
+  """'config.a.b does not exist; did you mean config.a.c?' (closest existing key)."""
+  import difflib
+  known = list(flat_keys(config))
+  close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+  hint = f'did you mean config.{close[0]}?' if close else 'see the config file for the keys that exist.'
+  return f'config.{key} does not exist; {hint}'
+
+
+def flat_keys(config, prefix=''):
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from flat_keys(v, f'{prefix}{k}.')
+    else:
+      yield f'{prefix}{k}'

@@ -1,0 +1,81 @@
+"""Attention kernels behind one signature, chosen by name (``TransformerConfig.attention_kernel``).
+
+Every kernel computes softmax(q·kᵀ/√H + mask)·v for grouped-query attention:
+
+  kernel(q[B,T,N,H], k[B,S,K,H], v[B,S,K,H], *, mask, dropout) -> [B,T,N,H]
+
+``mask`` is a boolean [B, 1, T, S] array (True = may attend) or None; it already
+combines causality, padding and document (segment) boundaries. ``dropout`` is a
+function applied to the attention probabilities, or None. Logits and softmax run in
+float32 whatever the compute dtype; the output has q's dtype.
+
+Kernels register themselves with ``@register``; ``get(name)`` checks that the name
+exists and runs on the current platform, with an error that lists what does.
+"""
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+Kernel = Callable[..., jax.Array]
+_KERNELS: dict[str, tuple[Kernel, tuple[str, ...], bool]] = {}
+
+
+def register(name: str, platforms: tuple[str, ...] = ('cpu', 'gpu', 'tpu'),
+             supports_dropout: bool = False):
+  """Registers a kernel under ``name`` for the given JAX platforms."""
+  def wrap(fn: Kernel) -> Kernel:
+    _KERNELS[name] = (fn, platforms, supports_dropout)
+    return fn
+  return wrap
+
+
+def names() -> tuple[str, ...]:
+  return tuple(sorted(_KERNELS))
+
+
+def supports_dropout(name: str) -> bool:
+  return _KERNELS[name][2]
+
+
+def get(name: str, platform: Optional[str] = None) -> Kernel:
+  """The kernel called ``name``; a ValueError naming the options if it cannot run here."""
+  if name not in _KERNELS:
+    raise ValueError(f'config.model.attention_kernel={name!r} is unknown; '
+                     f'choose one of {", ".join(names())}.')
+  fn, platforms, _ = _KERNELS[name]
+  platform = platform or jax.default_backend()
+  if platform not in platforms:
+    ok = sorted(n for n, (_, p, _) in _KERNELS.items() if platform in p)
+    raise ValueError(f'config.model.attention_kernel={name!r} runs on {"/".join(platforms)}, '
+                     f'not on {platform}; use one of {", ".join(ok)} here.')
+  return fn
+
+
+@register('xla', supports_dropout=True)
+def xla_attention(q, k, v, *, mask=None, dropout=None):
+  """Plain einsum attention; the reference every other kernel is tested against."""
+  b, t, n, h = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, n // kv_heads, h)
+  logits = jnp.einsum('BTKGH,BSKH->BKGTS', q, k, preferred_element_type=jnp.float32)
+  logits = logits * (h ** -0.5)
+  if mask is not None:
+    logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1)
+  if dropout is not None:
+    probs = dropout(probs)
+  out = jnp.einsum('BKGTS,BSKH->BTKGH', probs.astype(v.dtype), v)
+  return out.reshape(b, t, n, h)
+
+
+def _jax_nn(implementation):
+  def kernel(q, k, v, *, mask=None, dropout=None):
+    del dropout  # rejected by config validation: these kernels have no attention dropout
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  return kernel
+
+
+register('dot_product')(_jax_nn('xla'))
+register('cudnn', platforms=('gpu',))(_jax_nn('cudnn'))

@@ -1,0 +1,306 @@
+"""The building blocks every model kind is assembled from.
+
+Modules take a ``TransformerConfig`` (a frozen dataclass of model fields, never the
+experiment config). Parameters are created in float32 with logical axis names
+(see ``axes``); computation runs in ``cfg.dtype``; norms, softmax and the loss run
+in float32.
+"""
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llm_jax.models import attention as attention_kernels
+from llm_jax.models import axes
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Model hyperparameters. Variants come from ``.replace(...)`` (e.g. ``decode=True``)."""
+  vocab_size: int
+  num_layers: int = 2
+  num_heads: int = 4
+  num_kv_heads: int = 4           # < num_heads: grouped-query; 1: multi-query
+  emb_dim: int = 128
+  head_dim: int = 32
+  mlp_dim: int = 512
+  max_len: int = 256              # size of the learned position table / cache length
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  pos_encoding: str = 'learned'   # 'learned' | 'sinusoidal' | 'rope' | 'none'
+  rope_theta: float = 10000.0
+  mlp_activation: str = 'gelu'    # 'relu' | 'gelu' | 'swiglu'
+  norm: str = 'layernorm'         # 'layernorm' | 'rmsnorm'
+  norm_placement: str = 'pre'     # 'pre' | 'post'
+  norm_eps: float = 1e-5
+  use_bias: bool = False
+  tie_embeddings: bool = True
+  attention_kernel: str = 'xla'
+  dtype: Any = jnp.float32        # compute dtype; parameters stay float32
+  remat: str = 'none'             # 'none' | 'full' | 'dots' | 'dots_no_batch'
+  scan_layers: bool = False
+  init_std: float = 0.02
+  causal: bool = True
+  decode: bool = False            # autoregressive decoding with a KV cache
+
+  def replace(self, **changes) -> 'TransformerConfig':
+    return dataclasses.replace(self, **changes)
+
+
+def param_with_axes(module: nn.Module, name: str, init: Callable, shape, names):
+  return module.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
+
+
+def _normal(std):
+  return nn.initializers.normal(stddev=std)
+
+
+def _out_std(cfg: TransformerConfig) -> float:
+  """GPT-2's scaled init of residual-branch outputs: std / sqrt(2 L)."""
+  return cfg.init_std / np.sqrt(2 * cfg.num_layers)
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+class Embed(nn.Module):
+  """Token embedding [V, D]; ``attend`` reuses it as the tied output projection."""
+  cfg: TransformerConfig
+
+  def setup(self):
+    self.embedding = param_with_axes(self, 'embedding', _normal(self.cfg.init_std),
+                                     (self.cfg.vocab_size, self.cfg.emb_dim),
+                                     (axes.VOCAB, axes.EMBED))
+
+  def __call__(self, ids):
+    return jnp.take(self.embedding, ids, axis=0).astype(self.cfg.dtype)
+
+  def attend(self, x):
+    """x[B,T,D] -> logits[B,T,V]."""
+    return jnp.einsum('BTD,VD->BTV', x, self.embedding.astype(x.dtype))
+
+
+# ----------------------------------------------------------------------------- positions
+# A positional encoding is a module added to the token embeddings and/or a rotation
+# applied to queries and keys inside attention. Registered by name.
+
+_POSITIONS: dict[str, tuple[Optional[type], Optional[Callable]]] = {}
+
+
+def register_positions(name: str, rotate_qk: Optional[Callable] = None):
+  def wrap(cls):
+    _POSITIONS[name] = (cls, rotate_qk)
+    return cls
+  return wrap
+
+
+def positional_names() -> tuple[str, ...]:
+  return tuple(sorted(_POSITIONS))
+
+
+def positional(name: str) -> tuple[Optional[type], Optional[Callable]]:
+  if name not in _POSITIONS:
+    raise ValueError(f'config.model.pos_encoding={name!r} is unknown; choose one of '
+                     f'{", ".join(positional_names())}.')
+  return _POSITIONS[name]
+
+
+@register_positions('learned')
+class LearnedPositions(nn.Module):
+  """A trained table [max_len, D] added to the embeddings (GPT-2)."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, positions):
+    table = param_with_axes(self, 'embedding', _normal(self.cfg.init_std),
+                            (self.cfg.max_len, self.cfg.emb_dim), (axes.POSITION, axes.EMBED))
+    return x + jnp.take(table, positions, axis=0).astype(x.dtype)
+
+
+def sinusoid(positions, dim: int, base: float = 10000.0):
+  """PE(p, 2i) = sin(p / base^(2i/dim)), PE(p, 2i+1) = cos(p / base^(2i/dim)) (Vaswani et al.)."""
+  i = jnp.arange(dim // 2, dtype=jnp.float32)
+  angle = positions[..., None].astype(jnp.float32) / base ** (2 * i / dim)
+  return jnp.stack([jnp.sin(angle), jnp.cos(angle)], axis=-1).reshape(*positions.shape, dim)
+
+
+@register_positions('sinusoidal')
+class SinusoidalPositions(nn.Module):
+  cfg: TransformerConfig
+
+  def __call__(self, x, positions):
+    return x + sinusoid(positions, self.cfg.emb_dim).astype(x.dtype)
+
+
+def apply_rope(x, positions, theta: float):
+  """Rotary embedding (Su et al.): rotates pairs (x_i, x_{i+H/2}) by angle p·θ^(-2i/H).
+
+  x[B,T,N,H], positions[B,T]. Uses the half-split pairing of GPT-NeoX / LLaMA.
+  """
+  h = x.shape[-1]
+  inv_freq = theta ** (-jnp.arange(0, h // 2, dtype=jnp.float32) * 2 / h)
+  angle = positions[:, :, None, None].astype(jnp.float32) * inv_freq
+  sin, cos = jnp.sin(angle), jnp.cos(angle)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+register_positions('rope', rotate_qk=apply_rope)(None)
+register_positions('none')(None)
+
+
+# ----------------------------------------------------------------------------- norms
+
+class LayerNorm(nn.Module):
+  """(x - mean) / sqrt(var + eps) * scale (+ bias), in float32."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x):
+    scale = param_with_axes(self, 'scale', nn.initializers.ones, (x.shape[-1],), (axes.EMBED,))
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + self.cfg.norm_eps) * scale
+    if self.cfg.use_bias:
+      y = y + param_with_axes(self, 'bias', nn.initializers.zeros, (x.shape[-1],), (axes.EMBED,))
+    return y.astype(self.cfg.dtype)
+
+
+class RMSNorm(nn.Module):
+  """x / sqrt(mean(x²) + eps) * scale, in float32."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x):
+    scale = param_with_axes(self, 'scale', nn.initializers.ones, (x.shape[-1],), (axes.EMBED,))
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + self.cfg.norm_eps) * scale
+    return y.astype(self.cfg.dtype)
+
+
+NORMS = {'layernorm': LayerNorm, 'rmsnorm': RMSNorm}
+
+
+# ----------------------------------------------------------------------------- feed-forward
+
+ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': jax.nn.gelu, 'swiglu': jax.nn.silu}
+
+
+class Mlp(nn.Module):
+  """ReLU/GELU: act(x W1 + b1) W2 + b2.  SwiGLU: (silu(x Wg) * x W1) W2 (Shazeer 2020)."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    cfg = self.cfg
+    d, f = cfg.emb_dim, cfg.mlp_dim
+
+    def dense(name, shape, names, std, eq, y):
+      w = param_with_axes(self, name, _normal(std), shape, names).astype(cfg.dtype)
+      y = jnp.einsum(eq, y, w)
+      if cfg.use_bias:
+        b = param_with_axes(self, name + '_bias', nn.initializers.zeros, shape[-1:], names[-1:])
+        y = y + b.astype(cfg.dtype)
+      return y
+
+    act = ACTIVATIONS[cfg.mlp_activation]
+    h = dense('wi', (d, f), (axes.EMBED, axes.MLP), cfg.init_std, 'BTD,DF->BTF', x)
+    if cfg.mlp_activation == 'swiglu':
+      gate = dense('wi_gate', (d, f), (axes.EMBED, axes.MLP), cfg.init_std, 'BTD,DF->BTF', x)
+      h = act(gate) * h
+    else:
+      h = act(h)
+    h = nn.with_logical_constraint(h, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_MLP))
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return dense('wo', (f, d), (axes.MLP, axes.EMBED), _out_std(cfg), 'BTF,FD->BTD', h)
+
+
+# ----------------------------------------------------------------------------- attention
+
+def attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, causal: bool):
+  """Boolean [B, 1, T, S]: same non-padding document and (if causal) not in the future.
+
+  Segment id 0 marks padding; packed documents carry ids 1, 2, ... so a token never
+  attends across a document boundary. Causality compares positions within the
+  document, which equals index order inside one packed row.
+  """
+  mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]) & (kv_segment_ids[:, None, :] != 0)
+  if causal:
+    mask &= q_positions[:, :, None] >= kv_positions[:, None, :]
+  return mask[:, None]
+
+
+class Attention(nn.Module):
+  """Multi-head attention with grouped-query heads, segment masks and a KV cache.
+
+  In decode mode the 'cache' collection holds key/value [B, max_len, K, H], their
+  segment ids and positions, and the write index; each call appends T new tokens
+  (a prompt prefill or a single step) and attends to everything written so far.
+  """
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids, deterministic: bool):
+    cfg = self.cfg
+    d, n, k, h = cfg.emb_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+    def proj(name, heads, head_axis):
+      w = param_with_axes(self, name, _normal(cfg.init_std), (d, heads, h),
+                          (axes.EMBED, head_axis, axes.KV)).astype(cfg.dtype)
+      y = jnp.einsum('BTD,DNH->BTNH', x, w)
+      if cfg.use_bias:
+        y = y + param_with_axes(self, name + '_bias', nn.initializers.zeros, (heads, h),
+                                (head_axis, axes.KV)).astype(cfg.dtype)
+      return y
+
+    q = proj('query', n, axes.HEADS)
+    key = proj('key', k, axes.KV_HEADS)
+    value = proj('value', k, axes.KV_HEADS)
+    _, rotate = positional(cfg.pos_encoding)
+    if rotate is not None:
+      q = rotate(q, positions, cfg.rope_theta)
+      key = rotate(key, positions, cfg.rope_theta)
+    q = nn.with_logical_constraint(q, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_HEADS, axes.ACT_KV))
+
+    kv_segment_ids, kv_positions = segment_ids, positions
+    if cfg.decode:
+      key, value, kv_segment_ids, kv_positions = self._update_cache(
+          key, value, segment_ids, positions)
+    mask = attention_mask(segment_ids, kv_segment_ids, positions, kv_positions, cfg.causal)
+
+    dropout = None
+    if cfg.attention_dropout_rate > 0 and not deterministic:
+      dropout = lambda p: nn.Dropout(cfg.attention_dropout_rate)(p, deterministic=False)
+    kernel = attention_kernels.get(cfg.attention_kernel)
+    out = kernel(q, key, value, mask=mask, dropout=dropout)
+
+    wo = param_with_axes(self, 'out', _normal(_out_std(cfg)), (n, h, d),
+                         (axes.HEADS, axes.KV, axes.EMBED)).astype(cfg.dtype)
+    y = jnp.einsum('BTNH,NHD->BTD', out, wo)
+    if cfg.use_bias:
+      y = y + param_with_axes(self, 'out_bias', nn.initializers.zeros, (d,),
+                              (axes.EMBED,)).astype(cfg.dtype)
+    return y
+
+  def _update_cache(self, key, value, segment_ids, positions):
+    cfg = self.cfg
+    b, t, k, h = key.shape
+    shape = (b, cfg.max_len, k, h)
+    ck = self.variable('cache', 'key', jnp.zeros, shape, key.dtype)
+    cv = self.variable('cache', 'value', jnp.zeros, shape, value.dtype)
+    cseg = self.variable('cache', 'segment_ids', jnp.zeros, (b, cfg.max_len), jnp.int32)
+    cpos = self.variable('cache', 'positions', jnp.zeros, (b, cfg.max_len), jnp.int32)
+    index = self.variable('cache', 'index', lambda: jnp.array(0, jnp.int32))
+    if self.is_initializing():
+      return key, value, segment_ids, positions
+    i = index.value
+    ck.value = jax.lax.dynamic_update_slice(ck.value, key, (0, i, 0, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, value, (0, i, 0, 0))
+    cseg.value = jax.lax.dynamic_update_slice(cseg.value, segment_ids.astype(jnp.int32), (0, i))
+    cpos.value = jax.lax.dynamic_update_slice(cpos.value, positions.astype(jnp.int32), (0, i))
+    index.value = i + t
+    return ck.value, cv.value, cseg.value, cpos.value

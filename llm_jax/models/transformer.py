@@ -1,0 +1,144 @@
+"""Model kinds assembled from the blocks in ``layers``: a registry by name.
+
+``DecoderLM`` (GPT-style causal LM) is the first kind; the encoder-only and
+encoder-decoder kinds reuse ``Block`` with ``causal=False`` and cross-attention.
+
+Contract of every LM: ``apply(variables, inputs[B,T] int32, positions[B,T],
+segment_ids[B,T], deterministic=...) -> logits[B,T,V] float32``.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from llm_jax.models import axes
+from llm_jax.models import layers
+from llm_jax.models.layers import TransformerConfig
+
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+    'dots_no_batch': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Block(nn.Module):
+  """One transformer layer: attention then MLP, each a residual branch.
+
+  pre-LN:  x + Drop(Attn(Norm(x))), then x + Drop(Mlp(Norm(x)))   (GPT-2)
+  post-LN: Norm(x + Drop(Attn(x))), then Norm(x + Drop(Mlp(x)))   (original Transformer)
+  """
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids, deterministic: bool):
+    cfg = self.cfg
+    norm = layers.NORMS[cfg.norm]
+    drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_EMBED))
+    attn = layers.Attention(cfg, name='attention')
+    mlp = layers.Mlp(cfg, name='mlp')
+    if cfg.norm_placement == 'pre':
+      x = x + drop(attn(norm(cfg, name='attention_norm')(x), positions, segment_ids, deterministic))
+      x = x + drop(mlp(norm(cfg, name='mlp_norm')(x), deterministic))
+    else:
+      x = norm(cfg, name='attention_norm')(x + drop(attn(x, positions, segment_ids, deterministic)))
+      x = norm(cfg, name='mlp_norm')(x + drop(mlp(x, deterministic)))
+    return x
+
+
+class _ScanBlock(Block):
+  """``Block`` with the (carry, out) signature that ``nn.scan`` wants."""
+
+  def __call__(self, x, positions, segment_ids, deterministic):
+    return super().__call__(x, positions, segment_ids, deterministic), None
+
+
+def stack_blocks(cfg: TransformerConfig, x, positions, segment_ids, deterministic: bool):
+  """Runs cfg.num_layers blocks, unrolled or under ``nn.scan``, with per-block remat.
+
+  Must be called inside a compact module. Scanned parameters gain a leading
+  'layers' axis of size L.
+  """
+  block_cls = _ScanBlock if cfg.scan_layers else Block
+  if cfg.remat != 'none':
+    block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[cfg.remat],
+                         prevent_cse=not cfg.scan_layers, static_argnums=(4,))
+  if cfg.scan_layers:
+    scanned = nn.scan(block_cls, variable_axes={'params': 0, 'cache': 0},
+                      split_rngs={'params': True, 'dropout': True},
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                      length=cfg.num_layers,
+                      metadata_params={nn.PARTITION_NAME: axes.LAYERS})
+    x, _ = scanned(cfg, name='layers')(x, positions, segment_ids, deterministic)
+    return x
+  for i in range(cfg.num_layers):
+    x = block_cls(cfg, name=f'layer_{i}')(x, positions, segment_ids, deterministic)
+  return x
+
+
+class DecoderLM(nn.Module):
+  """GPT-style causal language model."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, inputs, positions=None, segment_ids=None, deterministic: bool = True):
+    cfg = self.cfg
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(inputs.shape[1], dtype=jnp.int32), inputs.shape)
+    if segment_ids is None:
+      segment_ids = jnp.ones_like(inputs, dtype=jnp.int32)
+    embed = layers.Embed(cfg, name='token_embed')
+    x = embed(inputs)
+    add_positions, _ = layers.positional(cfg.pos_encoding)
+    if add_positions is not None:
+      x = add_positions(cfg, name='position_embed')(x, positions)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = stack_blocks(cfg, x, positions, segment_ids, deterministic)
+    if cfg.norm_placement == 'pre':
+      x = layers.NORMS[cfg.norm](cfg, name='final_norm')(x)
+    if cfg.tie_embeddings:
+      logits = embed.attend(x)
+    else:
+      w = layers.param_with_axes(self, 'lm_head', nn.initializers.normal(cfg.init_std),
+                                 (cfg.emb_dim, cfg.vocab_size), (axes.EMBED, axes.VOCAB))
+      logits = jnp.einsum('BTD,DV->BTV', x, w.astype(cfg.dtype))
+    logits = nn.with_logical_constraint(logits, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_VOCAB))
+    return logits.astype(jnp.float32)
+
+
+MODELS = {'decoder': DecoderLM}
+
+
+def build(kind: str, cfg: TransformerConfig) -> nn.Module:
+  if kind not in MODELS:
+    raise ValueError(f'config.model.kind={kind!r} is unknown; choose one of {", ".join(sorted(MODELS))}.')
+  return MODELS[kind](cfg)
+
+
+def matmul_params(params_shapes, cfg: TransformerConfig) -> int:
+  """Parameters that take part in a matrix product per token (for FLOP counts).
+
+  Counts everything except lookup tables: the learned position table always, and the
+  token embedding when it is not tied to the output projection.
+  """
+  total = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params_shapes)[0]:
+    keys = [getattr(p, 'key', str(p)) for p in path]
+    if 'position_embed' in keys:
+      continue
+    if 'token_embed' in keys and not cfg.tie_embeddings:
+      continue
+    total += int(jnp.size(leaf)) if hasattr(leaf, 'size') else 0
+  return total
+
+
+def flops_per_token(n_matmul_params: int, cfg: TransformerConfig, seq_len: int) -> float:
+  """Training FLOPs per token: 6N + 12·L·T·D (PaLM, appendix B).
+
+  The attention term counts the full T×T score matrix; it is *not* halved for causal
+  masking (the einsum path computes all of it), matching PaLM's and nanoGPT's MFU.
+  D here is the attention width N·H.
+  """
+  return 6 * n_matmul_params + 12 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim

@@ -1,0 +1,97 @@
+"""Pure train and eval steps: ``(state, batch) -> (state, metrics)``.
+
+A batch is a dict of [B, T] arrays: 'inputs', 'targets' (int32), 'weights' (float32),
+'positions', 'segment_ids' (int32). The steps are compiled by the loop with
+``jax.jit`` (state donated) under the mesh's logical-axis rules.
+"""
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from llm_jax.train import objectives
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array          # int32 scalar: number of updates applied
+  params: Any
+  opt_state: Any
+  rng: jax.Array           # uint32 key data; dropout key of step s = fold_in(rng, s)
+
+
+def init_state(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
+               example_batch) -> TrainState:
+  """Fresh parameters and optimizer state, unboxed (``parallel`` derives their shardings)."""
+  params_key, dropout_key = jax.random.split(jax.random.key(seed))
+  variables = model.init(params_key, example_batch['inputs'], example_batch['positions'],
+                         example_batch['segment_ids'])
+  params = nn.meta.unbox(variables['params'])
+  return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params),
+                    rng=jax.random.key_data(dropout_key))
+
+
+def _forward(model, params, batch, dropout_key, objective, z_loss):
+  logits = model.apply({'params': params}, batch['inputs'], batch['positions'], batch['segment_ids'],
+                       deterministic=dropout_key is None,
+                       rngs=None if dropout_key is None else {'dropout': dropout_key})
+  return objective(logits, batch, z_loss)
+
+
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, lr_schedule: Callable,
+                    *, objective: str, z_loss: float, micro_batches: int, dropout: bool):
+  """Returns train_step(state, batch) -> (state, metrics).
+
+  With micro_batches > 1 the batch is split along B and gradients of the summed loss
+  are accumulated with ``lax.scan``; the update divides once by the full batch's
+  target count, so accumulation gives the same update as one big batch.
+  """
+  objective_fn = objectives.get(objective)
+
+  def grads_of(params, batch, key):
+    def loss_fn(p):
+      out = _forward(model, p, batch, key, objective_fn, z_loss)
+      return out['loss_sum'], out
+    return jax.grad(loss_fn, has_aux=True)(params)
+
+  def train_step(state: TrainState, batch):
+    base = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    if micro_batches == 1:
+      grads, out = grads_of(state.params, batch, base if dropout else None)
+    else:
+      split = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
+
+      def accumulate(carry, xs):
+        i, micro = xs
+        g, o = grads_of(state.params, micro, jax.random.fold_in(base, i) if dropout else None)
+        return jax.tree.map(jnp.add, carry, (g, o)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          lambda: grads_of(state.params, jax.tree.map(lambda x: x[0], split), None)))
+      (grads, out), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(micro_batches), split))
+    denom = jnp.maximum(out['weight_sum'], 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(train_loss=out['nll_sum'] / denom,
+                   grad_norm=optax.global_norm(grads),
+                   learning_rate=lr_schedule(state.step),
+                   target_tokens=out['weight_sum'])
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, *, objective: str):
+  """Returns eval_step(params, batch) -> dict(nll_sum, weight_sum) (sums, for exact means)."""
+  objective_fn = objectives.get(objective)
+
+  def eval_step(params, batch):
+    out = _forward(model, params, batch, None, objective_fn, 0.0)
+    return dict(nll_sum=out['nll_sum'], weight_sum=out['weight_sum'])
+
+  return eval_step

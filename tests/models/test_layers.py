@@ -1,0 +1,131 @@
+"""Each block against a direct NumPy formula."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llm_jax.models import attention, layers
+from llm_jax.models.layers import TransformerConfig
+
+RNG = np.random.default_rng(0)
+
+
+def np_attention(q, k, v, mask):
+  """softmax(q k^T / sqrt(H) + mask) v per head, kv heads shared by groups of query heads."""
+  b, t, n, h = q.shape
+  g = n // k.shape[2]
+  out = np.zeros_like(q, dtype=np.float64)
+  for bi in range(b):
+    for ni in range(n):
+      s = q[bi, :, ni] @ k[bi, :, ni // g].T / np.sqrt(h)
+      s = np.where(mask[bi, 0], s, -np.inf)
+      p = np.exp(s - s.max(-1, keepdims=True))
+      p /= p.sum(-1, keepdims=True)
+      out[bi, :, ni] = p @ v[bi, :, ni // g]
+  return out
+
+
+@pytest.mark.parametrize('kernel', ['xla', 'dot_product'])
+@pytest.mark.parametrize('n,k', [(4, 4), (4, 2), (4, 1)])
+def test_attention_kernels_match_numpy(kernel, n, k):
+  b, t, h = 2, 7, 8
+  q = RNG.normal(size=(b, t, n, h)).astype(np.float32)
+  kk = RNG.normal(size=(b, t, k, h)).astype(np.float32)
+  v = RNG.normal(size=(b, t, k, h)).astype(np.float32)
+  seg = np.array([[1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 1, 1, 1]], np.int32)
+  pos = np.array([[0, 1, 2, 0, 1, 2, 0], list(range(7))], np.int32)
+  mask = np.asarray(layers.attention_mask(seg, seg, pos, pos, causal=True))
+  mask[0, 0, 6, 6] = True  # a fully-masked padding row gives NaN in NumPy; let it see itself
+  got = attention.get(kernel)(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v), mask=jnp.asarray(mask))
+  np.testing.assert_allclose(np.asarray(got), np_attention(q, kk, v, mask), atol=2e-5, rtol=1e-5)
+
+
+def test_mask_blocks_other_documents_future_and_padding():
+  seg = np.array([[1, 1, 2, 2, 0]])
+  pos = np.array([[0, 1, 0, 1, 0]])
+  m = np.asarray(layers.attention_mask(seg, seg, pos, pos, causal=True))[0, 0]
+  want = np.array([[1, 0, 0, 0, 0],
+                   [1, 1, 0, 0, 0],
+                   [0, 0, 1, 0, 0],
+                   [0, 0, 1, 1, 0],
+                   [0, 0, 0, 0, 0]], bool)
+  np.testing.assert_array_equal(m, want)
+
+
+def test_unknown_or_unavailable_kernel_errors():
+  with pytest.raises(ValueError, match='choose one of'):
+    attention.get('flash9000')
+  with pytest.raises(ValueError, match='runs on gpu, not on cpu'):
+    attention.get('cudnn', platform='cpu')
+
+
+def _apply(module, x, *args):
+  variables = module.init(jax.random.key(0), x, *args)
+  return variables, module.apply(variables, x, *args)
+
+
+def test_layernorm_and_rmsnorm_match_numpy():
+  x = RNG.normal(size=(2, 3, 16)).astype(np.float32) * 3 + 1
+  cfg = TransformerConfig(vocab_size=8, emb_dim=16, use_bias=True, norm_eps=1e-5)
+  variables = {'params': {'scale': RNG.normal(size=16).astype(np.float32),
+                          'bias': RNG.normal(size=16).astype(np.float32)}}
+  p = variables['params']
+  got = layers.LayerNorm(cfg).apply(variables, jnp.asarray(x))
+  want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * p['scale'] + p['bias']
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
+  got = layers.RMSNorm(cfg).apply({'params': {'scale': p['scale']}}, jnp.asarray(x))
+  want = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-5) * p['scale']
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
+
+
+def test_sinusoid_matches_paper_formula():
+  d, positions = 16, np.arange(50)
+  got = np.asarray(layers.sinusoid(jnp.asarray(positions), d))
+  want = np.zeros((50, d))
+  for p in positions:
+    for i in range(d // 2):
+      want[p, 2 * i] = np.sin(p / 10000 ** (2 * i / d))
+      want[p, 2 * i + 1] = np.cos(p / 10000 ** (2 * i / d))
+  np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_rope_is_the_rotation_of_pairs():
+  h, theta = 8, 10000.0
+  x = RNG.normal(size=(1, 5, 2, h)).astype(np.float32)
+  positions = np.array([[0, 1, 2, 7, 11]])
+  got = np.asarray(layers.apply_rope(jnp.asarray(x), jnp.asarray(positions), theta))
+  want = np.empty_like(x)
+  for t, p in enumerate(positions[0]):
+    for i in range(h // 2):
+      a = p * theta ** (-2 * i / h)
+      rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+      pair = np.stack([x[0, t, :, i], x[0, t, :, i + h // 2]])   # [2, N]
+      r = rot @ pair
+      want[0, t, :, i], want[0, t, :, i + h // 2] = r[0], r[1]
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  # Relative: <rope(q, m), rope(k, n)> depends only on m - n.
+  q, k = x[:, :1], x[:, 1:2]
+  dot = lambda m, n: float(np.sum(np.asarray(layers.apply_rope(jnp.asarray(q), jnp.array([[m]]), theta)) *
+                                  np.asarray(layers.apply_rope(jnp.asarray(k), jnp.array([[n]]), theta))))
+  assert dot(5, 3) == pytest.approx(dot(12, 10), rel=1e-4)
+
+
+@pytest.mark.parametrize('activation', ['relu', 'gelu', 'swiglu'])
+def test_mlp_matches_numpy(activation):
+  cfg = TransformerConfig(vocab_size=8, emb_dim=8, mlp_dim=16, mlp_activation=activation, use_bias=True)
+  x = RNG.normal(size=(2, 3, 8)).astype(np.float32)
+  variables = layers.Mlp(cfg).init(jax.random.key(0), jnp.asarray(x), True)
+  p = jax.tree.map(np.asarray, variables['params'])
+  p = {k: np.asarray(v.value if hasattr(v, 'value') else v) for k, v in p.items()}
+  got = layers.Mlp(cfg).apply(variables, jnp.asarray(x), True)
+  h = x @ p['wi'] + p['wi_bias']
+  if activation == 'relu':
+    h = np.maximum(h, 0)
+  elif activation == 'gelu':
+    h = np.asarray(jax.nn.gelu(h))  # the tanh approximation, as GPT-2
+  else:
+    g = x @ p['wi_gate'] + p['wi_gate_bias']
+    h = g / (1 + np.exp(-g)) * h
+  want = h @ p['wo'] + p['wo_bias']
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
