@@ -177,8 +177,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
                       f'not divisible by {num_devices} devices; use a multiple of {num_devices * t.micro_batches}.')
   if t.stop_at != -1 and not 0 < t.stop_at <= t.steps:
     raise ConfigError(f'config.train.stop_at={t.stop_at} must be in 1..train.steps={t.steps} (or -1).')
-  if t.warmup_steps < 0 or t.warmup_steps > t.steps:
-    raise ConfigError(f'config.train.warmup_steps={t.warmup_steps} must be in 0..train.steps={t.steps}.')
+  if t.warmup_steps < 0:
+    raise ConfigError(f'config.train.warmup_steps={t.warmup_steps} must be >= 0.')
   if config.init_from and not os.path.isdir(config.init_from):
     raise ConfigError(f'config.init_from={config.init_from!r} is not a directory; give a run\'s workdir.')
 

@@ -71,12 +71,13 @@ class Trainer:
     return dict(eval_loss=loss, eval_perplexity=float(np.exp(min(loss, 50.0))))
 
 
-def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
-  """Validates the config, loads the data and compiles nothing yet (jit is lazy)."""
+def build_trainer(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> Trainer:
+  """Validates the config, loads the data (unless given) and compiles nothing yet (jit is lazy)."""
   config_lib.validate(config, num_devices=jax.device_count())
-  dataset = data_lib.load(config.data, global_batch=config.train.batch_size, seed=config.seed,
-                          cache_dir=ckpt_lib.cache_dir(config, workdir),
-                          process_index=jax.process_index(), process_count=jax.process_count())
+  if dataset is None:
+    dataset = data_lib.load(config.data, global_batch=config.train.batch_size, seed=config.seed,
+                            cache_dir=ckpt_lib.cache_dir(config, workdir),
+                            process_index=jax.process_index(), process_count=jax.process_count())
   model_cfg = config_lib.model_config(config, dataset.tokenizer.vocab_size)
   model = transformer.build(config.model.kind, model_cfg)
   mesh = parallel.make_mesh(config.mesh)
@@ -148,6 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     last = config.train.stop_at if config.train.stop_at != -1 else config.train.steps
     writer = metrics_lib.MetricsWriter(workdir, resume_step=first)
     summary = _run(trainer, state, first, last, ckpts, writer)
+    params = summary.pop('_params')
   ckpts.wait()
   ckpts.close()
   writer.close()
@@ -158,11 +160,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.sample.prompt and jax.process_index() == 0:
     from llm_jax import sample
     s = config.sample
-    text = sample.sample_text(trainer.model_cfg, jax.device_get(summary.pop('_params')),
+    text = sample.sample_text(trainer.model_cfg, jax.device_get(params),
                               trainer.dataset.tokenizer, s.prompt, max_new_tokens=s.max_new_tokens,
                               temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=config.seed)[0]
     print(f'[llm_jax] sample:\n{text}', flush=True)
-  summary.pop('_params', None)
   return summary
 
 
