@@ -26,5 +26,5 @@ def get_config():
   config.checkpoint.every_steps = 500
   config.log_every_steps = 50
   config.sample.prompt = 'The '      # sampled at the end of training
-  config.sample.max_new_tokens = 300
+  config.sample.max_new_tokens = 120  # prompt + new tokens must fit model.max_len
   return config

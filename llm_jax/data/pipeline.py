@@ -1,0 +1,350 @@
+"""Tokenize once, pack, and serve batches that are pure functions of (seed, step).
+
+Packing: each document's ids followed by eos are concatenated into one token
+stream per split, together with the index of each document's first token. Both are
+computed once and cached as .npy under ``cache_dir/tokens-<key>/``, where key hashes
+the data config fields that change them; the tokenizer lives in ``cache_dir``
+itself. After that no TensorFlow op runs: batches need only NumPy.
+
+Training rows (L = seq_len + 1 tokens each, inputs = row[:-1], targets = row[1:]):
+epoch e shifts the train stream by an offset in [0, seq_len] and cuts it into
+`rows_per_epoch` consecutive rows, visited in a permuted order; offset and
+permutation are drawn from ``np.random.default_rng(SeedSequence([seed, e]))``.
+Global row g is row ``g % rows_per_epoch`` of epoch ``g // rows_per_epoch``; step s
+is global rows [s*B, (s+1)*B), so batches run across epoch boundaries, and process p
+of P takes rows [p*B/P, (p+1)*B/P) of it. Resuming needs nothing but the step.
+
+Per row: 'weights' is 0 where the target token belongs to another document than
+the input token (no learning across the packed boundary) and for padding;
+'segment_ids' number the documents within the row 1, 2, 3, ... (0 = padding);
+'positions' count from 0 at the row start and again at each document start.
+
+Eval rows cut the eval stream from its start with stride seq_len, unshuffled, so
+every token but the first is a target exactly once; the last row is padded with
+pad_id (weight 0) and the last batch with all-padding rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from llm_jax.data import sources
+from llm_jax.data.tokenizers import PAD_ID, Tokenizer, build_tokenizer
+
+CACHE_VERSION = 1
+SOURCE_FILE = 'tokenizer_source.json'
+_TOKENIZER_FIELDS = ('dataset', 'text_key', 'train_split', 'files', 'eval_fraction',
+                     'max_documents', 'tokenizer', 'vocab_size', 'sp_model_type')
+_STREAM_FIELDS = _TOKENIZER_FIELDS + ('eval_split',)
+_EPOCH_CACHE = 4
+_CHUNK_DOCS = 65536
+
+
+def tokenize_documents(tokenizer: Tokenizer, texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens int32 [N], doc_starts int64 [D]): each text's ids then eos, concatenated.
+
+  Ids are gathered in chunks of `_CHUNK_DOCS` documents, so a corpus of millions of
+  short documents (lm1b) costs its tokens' memory, not a Python object per document.
+  """
+  eos = np.array([tokenizer.eos_id], np.int32)
+  chunks, lengths, pending = [], [], []
+
+  def flush() -> None:
+    if pending:
+      chunks.append(np.concatenate(pending).astype(np.int32))
+      lengths.append(np.array([len(p) for p in pending[::2]], np.int64) + 1)
+      pending.clear()
+
+  for text in texts:
+    pending += [tokenizer.encode(text), eos]
+    if len(pending) >= 2 * _CHUNK_DOCS:
+      flush()
+  flush()
+  if not chunks:
+    return np.zeros(0, np.int32), np.zeros(0, np.int64)
+  ends = np.cumsum(np.concatenate(lengths))
+  return np.concatenate(chunks), np.concatenate([[0], ends[:-1]]).astype(np.int64)
+
+
+def _features(tokens: np.ndarray, doc_starts: np.ndarray, starts: np.ndarray,
+              length: int) -> dict[str, np.ndarray]:
+  """The batch of rows of `length` tokens starting at `starts` [b]; cells past the
+  stream's end are padding. Every array is [b, length - 1]."""
+  n = len(tokens)
+  idx = starts[:, None] + np.arange(length)
+  valid = idx < n
+  idx = np.minimum(idx, n - 1)
+  tok = np.where(valid, tokens[idx], PAD_ID).astype(np.int32)
+  doc = np.where(valid, np.searchsorted(doc_starts, idx, side='right') - 1, -1)
+  d_in, d_out = doc[:, :-1], doc[:, 1:]
+  in_valid = valid[:, :-1]
+  cols = np.arange(length - 1)
+  new_doc = np.concatenate([np.ones_like(d_in[:, :1], bool), d_in[:, 1:] != d_in[:, :-1]], 1)
+  seg_start = np.maximum.accumulate(np.where(new_doc, cols, 0), axis=1)
+  return {
+      'inputs': tok[:, :-1],
+      'targets': tok[:, 1:],
+      'weights': ((d_in == d_out) & valid[:, 1:]).astype(np.float32),
+      'positions': np.where(in_valid, cols - seg_start, 0).astype(np.int32),
+      'segment_ids': np.where(in_valid, d_in - d_in[:, :1] + 1, 0).astype(np.int32),
+  }
+
+
+class Dataset:
+  """Packed train and eval streams served as batches of shape [local_batch, seq_len].
+
+  Attributes: tokenizer, seq_len, global_batch, local_batch, rows_per_epoch (train
+  rows per epoch), eval_rows (0 without an eval split), cache_dir.
+  """
+
+  def __init__(self, tokenizer: Tokenizer, train: tuple[np.ndarray, np.ndarray],
+               eval_: tuple[np.ndarray, np.ndarray] | None, *, seq_len: int,
+               global_batch: int, seed: int, process_index: int = 0, process_count: int = 1,
+               name: str = 'dataset', cache_dir: str = ''):
+    """`train` and `eval_` are (tokens, doc_starts) as made by `tokenize_documents`."""
+    _check_batch(global_batch, process_index, process_count)
+    if seq_len < 1 or seed < 0:
+      raise ValueError(f'config.data.seq_len={seq_len} must be >= 1 and config.seed={seed} >= 0.')
+    self.tokenizer, self.seq_len, self.global_batch, self.seed = tokenizer, seq_len, global_batch, seed
+    self.process_index, self.process_count = process_index, process_count
+    self.local_batch = global_batch // process_count
+    self.cache_dir = cache_dir
+    self._train, self._eval = train, eval_
+    n, length = len(train[0]), seq_len + 1
+    if n < length:
+      raise ValueError(f'{name}: the training split has {n} tokens, fewer than one row of '
+                       f'config.data.seq_len + 1 = {length}; lower config.data.seq_len or '
+                       'use more data.')
+    self.rows_per_epoch = max(1, (n - seq_len) // length)
+    self._max_offset = min(seq_len, n - self.rows_per_epoch * length)
+    self.eval_rows = 0 if eval_ is None else -(-(len(eval_[0]) - 1) // seq_len)
+    self._epochs: dict[int, tuple[int, np.ndarray]] = {}
+
+  def _epoch(self, epoch: int) -> tuple[int, np.ndarray]:
+    """(offset, row permutation) of `epoch`, cached for the last few epochs."""
+    if epoch not in self._epochs:
+      rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch]))
+      offset = int(rng.integers(0, self._max_offset + 1))
+      self._epochs[epoch] = (offset, rng.permutation(self.rows_per_epoch))
+      while len(self._epochs) > _EPOCH_CACHE:
+        del self._epochs[min(self._epochs)]
+    return self._epochs[epoch]
+
+  def train_batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's rows of the global batch of training step `step` (0-based).
+
+    Keys 'inputs', 'targets', 'positions', 'segment_ids' (int32) and 'weights'
+    (float32), each [local_batch, seq_len]; a pure function of (seed, step).
+    """
+    if step < 0:
+      raise ValueError(f'step={step} must be >= 0.')
+    first = step * self.global_batch + self.process_index * self.local_batch
+    rows = first + np.arange(self.local_batch, dtype=np.int64)
+    epochs, within = np.divmod(rows, self.rows_per_epoch)
+    starts = np.empty_like(rows)
+    for epoch in np.unique(epochs):
+      offset, perm = self._epoch(int(epoch))
+      mask = epochs == epoch
+      starts[mask] = offset + perm[within[mask]] * (self.seq_len + 1)
+    return _features(*self._train, starts, self.seq_len + 1)
+
+  def eval_batches(self, max_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of each eval batch, in order; the first `max_batches`
+    batches (0: all). Same keys and shapes as `train_batch`; yields nothing when the
+    config has no eval split."""
+    if self._eval is None:
+      return
+    tokens, doc_starts = self._eval
+    n_batches = -(-self.eval_rows // self.global_batch)
+    if max_batches > 0:
+      n_batches = min(n_batches, max_batches)
+    for b in range(n_batches):
+      rows = (b * self.global_batch + self.process_index * self.local_batch
+              + np.arange(self.local_batch, dtype=np.int64))
+      starts = np.where(rows < self.eval_rows, rows * self.seq_len, len(tokens))
+      yield _features(tokens, doc_starts, starts, self.seq_len + 1)
+
+
+def _check_batch(global_batch: int, process_index: int, process_count: int) -> None:
+  if global_batch < 1 or process_count < 1 or global_batch % process_count:
+    raise ValueError(f'the global batch size {global_batch} (config.train.batch_size) must be a '
+                     f'positive multiple of the {process_count} processes; use a multiple of '
+                     f'{process_count}.')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} is not in [0, {process_count}).')
+
+
+def _fingerprint(data_cfg, fields: tuple[str, ...]) -> dict:
+  return {'version': CACHE_VERSION, **{k: data_cfg[k] for k in fields}}
+
+
+def _key(spec: dict) -> str:
+  return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Texts:
+  """Re-iterable texts of one split, read again on each iteration (not held in memory)."""
+
+  def __init__(self, data_cfg, split: str):
+    self.data_cfg, self.split = data_cfg, split
+
+  def __iter__(self) -> Iterator[str]:
+    return sources.documents(self.data_cfg, self.split)
+
+
+def _tokenizer(data_cfg, cache_dir: str) -> Tokenizer:
+  """The run's tokenizer in `cache_dir`, built from the train split if absent."""
+  source = _fingerprint(data_cfg, ('tokenizer',) if data_cfg.tokenizer == 'byte'
+                        else _TOKENIZER_FIELDS)
+  path = os.path.join(cache_dir, SOURCE_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved != source:
+      changed = sorted(k for k in source if saved.get(k) != source[k])
+      raise ValueError(f'{cache_dir!r} holds a tokenizer built for other data settings '
+                       f'(config.data.{", ".join(changed)} differ); use a fresh --workdir or '
+                       'set --config.data.cache_dir to another directory.')
+  os.makedirs(cache_dir, exist_ok=True)
+  tokenizer = build_tokenizer(
+      data_cfg.tokenizer, _Texts(data_cfg, data_cfg.train_split), vocab_size=data_cfg.vocab_size,
+      sp_model_type=data_cfg.sp_model_type, directory=cache_dir)
+  if not os.path.exists(path):
+    _save_json(path, source)
+  return tokenizer
+
+
+def _save_json(path: str, obj: dict) -> None:
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp-')
+  with os.fdopen(fd, 'w') as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def _streams(data_cfg, cache_dir: str) -> tuple[Tokenizer, dict[str, tuple[np.ndarray, np.ndarray]]]:
+  """The tokenizer and {'train', 'eval'?: (tokens, doc_starts)}, from the cache if there."""
+  tokenizer = _tokenizer(data_cfg, cache_dir)
+  splits = {'train': data_cfg.train_split}
+  if data_cfg.eval_split:
+    splits['eval'] = data_cfg.eval_split
+  spec = _fingerprint(data_cfg, _STREAM_FIELDS)
+  directory = os.path.join(cache_dir, f'tokens-{_key(spec)}')
+  if not os.path.exists(os.path.join(directory, 'spec.json')):
+    tmp = tempfile.mkdtemp(dir=cache_dir, prefix='.tmp-tokens-')
+    try:
+      for part, split in splits.items():
+        start = time.perf_counter()
+        tokens, doc_starts = tokenize_documents(tokenizer, sources.documents(data_cfg, split))
+        np.save(os.path.join(tmp, f'{part}_tokens.npy'), tokens)
+        np.save(os.path.join(tmp, f'{part}_doc_starts.npy'), doc_starts)
+        logging.info('Tokenized %s split %r: %d documents, %d tokens in %.1f s',
+                     data_cfg.dataset, split, len(doc_starts), len(tokens),
+                     time.perf_counter() - start)
+      _save_json(os.path.join(tmp, 'spec.json'), spec)
+      os.replace(tmp, directory)
+    except OSError:  # fine if another process cached the same streams first
+      if not os.path.exists(os.path.join(directory, 'spec.json')):
+        raise
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+  streams = {part: (np.load(os.path.join(directory, f'{part}_tokens.npy'), mmap_mode='r'),
+                    np.load(os.path.join(directory, f'{part}_doc_starts.npy')))
+             for part in splits}
+  return tokenizer, streams
+
+
+def load(data_cfg, *, global_batch: int, seed: int, cache_dir: str, process_index: int = 0,
+         process_count: int = 1) -> Dataset:
+  """The run's `Dataset`: tokenizer and packed streams, built once into `cache_dir`.
+
+  `cache_dir` is where the tokenizer and token cache live (the caller resolves
+  config.data.cache_dir, '' meaning WORKDIR/data). A second load with the same data
+  config reads the cache and no source text.
+  """
+  _check_batch(global_batch, process_index, process_count)
+  tokenizer, streams = _streams(data_cfg, cache_dir)
+  return Dataset(tokenizer, streams['train'], streams.get('eval'), seq_len=data_cfg.seq_len,
+                 global_batch=global_batch, seed=seed, process_index=process_index,
+                 process_count=process_count, cache_dir=cache_dir,
+                 name=f'config.data.dataset={data_cfg.dataset!r} split {data_cfg.train_split!r}')
+
+
+class prefetch:
+  """Runs `iterator` up to `size` items ahead in a background thread (e.g. building
+  NumPy batches and `jax.device_put`), starting at once.
+
+  Iterate it like the iterator itself. An exception raised by the iterator is
+  re-raised in the consumer at the item where it happened. `close()`, leaving a
+  ``with`` block, or dropping the last reference stops the thread (`close` also
+  joins it).
+  """
+
+  _DONE = object()
+
+  def __init__(self, iterator: Iterable, size: int = 2):
+    self._items: queue.Queue = queue.Queue(maxsize=max(1, size))
+    self._stop = threading.Event()
+    self._finished = False
+    self._thread = threading.Thread(target=_produce, args=(iter(iterator), self._items, self._stop),
+                                    name='prefetch', daemon=True)
+    self._thread.start()
+
+  def __iter__(self) -> 'prefetch':
+    return self
+
+  def __next__(self):
+    if self._finished:
+      raise StopIteration
+    item, error = self._items.get()
+    if item is self._DONE or error is not None:
+      self.close()
+      if error is not None:
+        raise error
+      raise StopIteration
+    return item
+
+  def close(self) -> None:
+    self._finished = True
+    self._stop.set()
+    if self._thread is not threading.current_thread():
+      self._thread.join(timeout=10)
+
+  def __enter__(self) -> 'prefetch':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def __del__(self) -> None:
+    self._stop.set()
+
+
+def _produce(iterator: Iterator, items: queue.Queue, stop: threading.Event) -> None:
+  """The prefetch thread: holds no reference to the `prefetch` object itself."""
+  def put(entry) -> bool:
+    while not stop.is_set():
+      try:
+        items.put(entry, timeout=0.05)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  try:
+    for item in iterator:
+      if not put((item, None)):
+        return
+    put((prefetch._DONE, None))
+  except BaseException as e:  # handed to the consumer
+    put((prefetch._DONE, e))

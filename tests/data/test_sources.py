@@ -1,0 +1,152 @@
+"""Text sources: the embedded corpus, TFDS offline through manual_dir, local files."""
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from llm_jax.data import embedded, sources
+
+
+def _texts(cfg, split):
+  return list(sources.documents(cfg, split))
+
+
+def _digest(docs) -> str:
+  return hashlib.sha256(json.dumps(docs).encode()).hexdigest()
+
+
+def test_embedded_corpus_is_deterministic_across_processes():
+  code = ('import hashlib, json; from llm_jax.data import embedded; '
+          'print(hashlib.sha256(json.dumps(embedded.corpus()).encode()).hexdigest())')
+  other = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                         env={**os.environ, 'PYTHONHASHSEED': '12345'},
+                         cwd=pathlib.Path(__file__).parents[2]).stdout.strip()
+  assert _digest(embedded.corpus()) == other
+
+
+def test_embedded_splits_are_disjoint_non_empty_and_sized():
+  train = list(embedded.split_documents('train'))
+  valid = list(embedded.split_documents('validation'))
+  assert train and valid
+  assert not {n for n, _ in train} & {n for n, _ in valid}
+  assert len(train) + len(valid) == len(embedded.corpus())
+  chars = sum(len(t) for _, t in embedded.corpus())
+  assert 500_000 < chars <= embedded.MAX_CHARS
+  assert 0.01 < len(valid) / (len(train) + len(valid)) < 0.12
+  assert any(n.startswith('topics/') for n, _ in train)
+  assert any(n.startswith('stdlib/') for n, _ in train)
+  names = [n for n, _ in embedded.corpus()]
+  assert not any('.test.' in n or 'idlelib' in n for n in names)
+
+
+def test_embedded_tfds_builder_and_plain_path_give_the_same_texts(tfds_dir):
+  pytest.importorskip('tensorflow_datasets')
+  import tensorflow_datasets as tfds
+  builder = tfds.builder('python_docs', data_dir=tfds_dir)
+  assert set(builder.info.features) == {'name', 'text'}
+  for split in embedded.SPLITS:
+    via_tfds = list(embedded.documents(split, data_dir=tfds_dir, use_tfds=True))
+    plain = list(embedded.documents(split, use_tfds=False))
+    assert via_tfds == plain
+    assert via_tfds == [t for n, t in embedded.corpus() if embedded.split_of(n) == split]
+
+
+def test_embedded_unknown_split(make_cfg):
+  with pytest.raises(ValueError, match="'test'"):
+    _texts(make_cfg(), 'test')
+
+
+def test_tiny_shakespeare_offline_from_manual_dir(make_cfg, shakespeare_file, tmp_path,
+                                                   tfds_dir, no_network):
+  pytest.importorskip('tensorflow_datasets')
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  shutil.copy(shakespeare_file, manual / 'input.txt')
+  cfg = make_cfg(dataset='tiny_shakespeare', data_dir=tfds_dir, manual_dir=str(manual))
+  text = shakespeare_file.read_text('utf-8')
+  [train] = _texts(cfg, 'train')
+  [valid] = _texts(cfg, 'validation')
+  assert text.startswith(train) and 0.85 < len(train) / len(text) < 0.95
+  assert text[len(train):].startswith(valid) and len(valid) > 10_000
+
+
+def test_missing_dataset_offline_names_the_manual_dir(make_cfg, tmp_path, no_network):
+  pytest.importorskip('tensorflow_datasets')
+  (tmp_path / 'manual').mkdir()
+  cfg = make_cfg(dataset='tiny_shakespeare', data_dir=str(tmp_path / 'empty_data'),
+                 manual_dir=str(tmp_path / 'manual'))
+  with pytest.raises(sources.DatasetUnavailableError) as info:
+    _texts(cfg, 'train')
+  message = str(info.value)
+  assert 'could not be downloaded' in message
+  assert '--config.data.manual_dir=DIR' in message and str(tmp_path / 'manual') in message
+  assert 'input.txt' in message
+
+
+def test_unknown_dataset_names_the_key_and_the_choices(make_cfg, no_network):
+  with pytest.raises(ValueError, match=r"config.data.dataset='no_such_corpus'.*embedded.*files.*TFDS"):
+    _texts(make_cfg(dataset='no_such_corpus'), 'train')
+
+
+def test_tfds_wrong_text_key_lists_the_features(make_cfg, shakespeare_file, tmp_path, tfds_dir,
+                                                no_network):
+  pytest.importorskip('tensorflow_datasets')
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  shutil.copy(shakespeare_file, manual / 'input.txt')
+  cfg = make_cfg(dataset='tiny_shakespeare', data_dir=tfds_dir, manual_dir=str(manual),
+                 text_key='content')
+  with pytest.raises(ValueError, match=r"config.data.text_key='content'.*\['text'\]"):
+    _texts(cfg, 'train')
+
+
+def test_files_non_utf8_bytes_are_replaced_with_a_warning(make_cfg, tmp_path, caplog):
+  (tmp_path / 'a.txt').write_bytes(b'caf\xe9 ok \xff\xfe end \xef\xbf\xbd kept\n')
+  (tmp_path / 'b.txt').write_text('second document\n')
+  cfg = make_cfg(dataset='files', files=str(tmp_path / '*.txt'), eval_fraction=0.5)
+  with caplog.at_level(logging.WARNING):
+    [train] = _texts(cfg, 'train')
+  assert train == 'caf\ufffd ok \ufffd\ufffd end \ufffd kept\n'
+  [record] = [r for r in caplog.records if 'a.txt' in r.getMessage()]
+  assert record.levelno == logging.WARNING and ' 3 invalid' in record.getMessage()
+  assert _texts(cfg, 'validation') == ['second document\n']
+
+
+def test_files_hold_out_the_last_files_deterministically(make_cfg, tmp_path):
+  for i in range(10):
+    (tmp_path / f'doc{i}.txt').write_text(f'document {i}')
+  cfg = make_cfg(dataset='files', files=f'{tmp_path}/doc[0-4].txt, {tmp_path}/doc[5-9].txt',
+                 eval_fraction=0.25)
+  assert _texts(cfg, 'train') == [f'document {i}' for i in range(7)]
+  assert _texts(cfg, 'validation') == [f'document {i}' for i in range(7, 10)]
+  capped = make_cfg(dataset='files', files=f'{tmp_path}/*.txt', eval_fraction=0.25,
+                    max_documents=2)
+  assert _texts(capped, 'train') == ['document 0', 'document 1']
+
+
+def test_one_file_is_split_by_its_tail_characters(make_cfg, tmp_path):
+  text = ''.join(chr(ord('a') + i % 26) for i in range(1000))
+  (tmp_path / 'one.txt').write_text(text)
+  cfg = make_cfg(dataset='files', files=str(tmp_path / 'one.txt'), eval_fraction=0.1)
+  assert _texts(cfg, 'train') == [text[:900]]
+  assert _texts(cfg, 'validation') == [text[900:]]
+
+
+def test_files_without_match_name_the_key(make_cfg, tmp_path):
+  with pytest.raises(ValueError, match='config.data.files'):
+    _texts(make_cfg(dataset='files', files=str(tmp_path / 'nothing*.txt')), 'train')
+
+
+def test_empty_text_names_dataset_and_split(make_cfg, tmp_path):
+  (tmp_path / 'a.txt').write_text('')
+  (tmp_path / 'b.txt').write_text('')
+  cfg = make_cfg(dataset='files', files=str(tmp_path / '*.txt'), eval_fraction=0.0)
+  with pytest.raises(ValueError, match=r"config.data.dataset='files' split 'train' has no text"):
+    _texts(cfg, 'train')
