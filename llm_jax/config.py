@@ -179,6 +179,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     raise ConfigError(f'config.train.stop_at={t.stop_at} must be in 1..train.steps={t.steps} (or -1).')
   if t.warmup_steps < 0:
     raise ConfigError(f'config.train.warmup_steps={t.warmup_steps} must be >= 0.')
+  max_len = m.max_len if m.max_len != -1 else d.seq_len
+  if config.sample.prompt and config.sample.max_new_tokens >= max_len:
+    raise ConfigError(f'config.sample.max_new_tokens={config.sample.max_new_tokens} leaves no room for the prompt '
+                      f'in {max_len} positions (config.model.max_len); lower it below {max_len}.')
   if config.init_from and not os.path.isdir(config.init_from):
     raise ConfigError(f'config.init_from={config.init_from!r} is not a directory; give a run\'s workdir.')
 
