@@ -103,7 +103,7 @@ class DecoderLM(nn.Module):
     else:
       w = layers.param_with_axes(self, 'lm_head', nn.initializers.normal(cfg.init_std),
                                  (cfg.emb_dim, cfg.vocab_size), (axes.EMBED, axes.VOCAB))
-      logits = jnp.einsum('BTD,DV->BTV', x, w.astype(cfg.dtype))
+      logits = layers.dense(x, w.astype(cfg.dtype))
     logits = nn.with_logical_constraint(logits, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_VOCAB))
     return logits.astype(jnp.float32)
 
