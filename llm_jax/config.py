@@ -11,6 +11,7 @@ import os
 import jax.numpy as jnp
 import ml_collections
 
+from llm_jax import parallel
 from llm_jax.models import attention as attention_kernels
 from llm_jax.models import layers
 from llm_jax.models import transformer
@@ -25,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0                      # seeds parameters, dropout and data order
   c.log_every_steps = 50          # train metrics to metrics.jsonl / TensorBoard
   c.init_from = ''                # a workdir whose latest parameters start this run
-  c.parallelism = 'jit'           # 'jit' (logical-axis sharding over the mesh)
+  c.parallelism = 'jit'           # 'jit' (logical-axis sharding over the mesh) | 'pmap' (replicated, data parallel)
 
   c.model = ml_collections.ConfigDict()
   m = c.model
@@ -46,7 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
   m.norm_placement = 'pre'        # 'pre' (GPT-2) | 'post' (original Transformer)
   m.use_bias = False              # biases in dense layers and LayerNorm
   m.tie_embeddings = True         # output projection = token embedding transposed
-  m.attention_kernel = 'xla'      # 'xla' | 'dot_product' | 'cudnn' (GPU)
+  m.attention_kernel = 'blocked'  # 'xla' (reference) | 'blocked' (skips masked blocks) | 'dot_product' | 'cudnn' (GPU)
+  m.attention_block = 64          # query/key tile of the 'blocked' kernel
   m.dtype = 'float32'             # compute dtype: 'float32' | 'bfloat16'; params stay float32
   m.remat = 'none'                # per-block gradient checkpointing: none|full|dots|dots_no_batch
   m.scan_layers = False           # nn.scan over layers (flat compile time in depth)
@@ -89,6 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.decay_embeddings = True       # ... to embedding tables
   t.grad_clip = 1.0               # global-norm clipping (0: off)
   t.z_loss = 0.0                  # weight of log(Z)^2 (PaLM); 0: off
+  t.nonfinite = 'abort'           # NaN/Inf loss, grad or param norm: 'abort' (exit 3, no save) | 'skip' (drop the update)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 250        # 0: evaluate only at the end
@@ -98,11 +101,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1                # data-parallel axis size (-1: the devices left over)
   c.mesh.fsdp = 1                 # fully-sharded data-parallel axis size
   c.mesh.tensor = 1               # tensor (Megatron) parallel axis size
+  c.mesh.dcn_data = 1             # multi-slice: data axis across slices (then data/fsdp/tensor are per slice)
+  c.mesh.dcn_fsdp = 1             # multi-slice: fsdp axis across slices
+  # logical axis -> mesh axes ('fsdp', 'data,fsdp', '' = replicated); see docs/parallelism.md
+  c.mesh.rules = ml_collections.ConfigDict(parallel.rules_to_config(parallel.DEFAULT_RULES))
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500  # save interval; a final checkpoint is always written
-  c.checkpoint.max_to_keep = 3
+  c.checkpoint.max_to_keep = 3    # newest checkpoints kept (>= 1, so a run can always resume)
   c.checkpoint.async_save = True  # save in the background while training continues
+  c.checkpoint.keep_best = 0      # also keep the N best by keep_best_metric (0: off); needs eval at each save
+  c.checkpoint.keep_best_metric = 'eval_loss'  # metric ranking checkpoints for keep_best
+  c.checkpoint.keep_best_mode = 'min'          # 'min' | 'max': which end of keep_best_metric is best
+  c.checkpoint.fallback = False   # a corrupt newest checkpoint: False = stop with an error, True = set it aside, use the previous
 
   c.sample = ml_collections.ConfigDict()
   c.sample.prompt = ''            # if set, sample this prompt at the end of training
@@ -147,7 +158,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _one_of('model.remat', m.remat, transformer.REMAT_POLICIES)
   _one_of('model.attention_kernel', m.attention_kernel, attention_kernels.names())
   _one_of('train.schedule', t.schedule, ('cosine', 'linear', 'constant'))
-  _one_of('parallelism', config.parallelism, ('jit',))
+  _one_of('parallelism', config.parallelism, ('jit', 'pmap'))
   if m.emb_dim % m.num_heads and m.head_dim == -1:
     raise ConfigError(f'config.model.num_heads={m.num_heads} does not divide config.model.emb_dim='
                       f'{m.emb_dim}; pick heads that divide the width or set config.model.head_dim.')
@@ -171,10 +182,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   if t.batch_size % t.micro_batches:
     raise ConfigError(f'config.train.batch_size={t.batch_size} is not divisible by '
                       f'config.train.micro_batches={t.micro_batches}.')
-  per_micro = t.batch_size // t.micro_batches
-  if per_micro % num_devices:
-    raise ConfigError(f'config.train.batch_size={t.batch_size} gives micro-batches of {per_micro} rows, '
-                      f'not divisible by {num_devices} devices; use a multiple of {num_devices * t.micro_batches}.')
+  try:  # mesh vs devices, batch vs data×fsdp, model dims vs the axes that split them
+    parallel.validate(config, num_devices)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if t.stop_at != -1 and not 0 < t.stop_at <= t.steps:
     raise ConfigError(f'config.train.stop_at={t.stop_at} must be in 1..train.steps={t.steps} (or -1).')
   if t.warmup_steps < 0:
@@ -183,8 +194,27 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   if config.sample.prompt and config.sample.max_new_tokens >= max_len:
     raise ConfigError(f'config.sample.max_new_tokens={config.sample.max_new_tokens} leaves no room for the prompt '
                       f'in {max_len} positions (config.model.max_len); lower it below {max_len}.')
+  _one_of('train.nonfinite', t.nonfinite, ('abort', 'skip'))
+  _validate_checkpoint(config)
   if config.init_from and not os.path.isdir(config.init_from):
     raise ConfigError(f'config.init_from={config.init_from!r} is not a directory; give a run\'s workdir.')
+
+
+def _validate_checkpoint(config: ml_collections.ConfigDict) -> None:
+  c = config.checkpoint
+  _one_of('checkpoint.keep_best_mode', c.keep_best_mode, ('min', 'max'))
+  if c.keep_best < 0:
+    raise ConfigError(f'config.checkpoint.keep_best={c.keep_best} must be >= 0 (0: off).')
+  if not c.keep_best:
+    return
+  if c.keep_best_metric.startswith('eval_') and not config.data.eval_split:
+    raise ConfigError(f'config.checkpoint.keep_best ranks by {c.keep_best_metric}, but config.data.eval_split is '
+                      'empty; set an eval split or checkpoint.keep_best=0.')
+  every = config.eval.every_steps
+  if not every or c.every_steps % every:
+    raise ConfigError(f'config.checkpoint.keep_best needs {c.keep_best_metric} at every save, but '
+                      f'checkpoint.every_steps={c.every_steps} is not a multiple of eval.every_steps={every}; '
+                      f'make it one.')
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides) -> layers.TransformerConfig:
@@ -209,6 +239,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides
       use_bias=m.use_bias,
       tie_embeddings=m.tie_embeddings,
       attention_kernel=m.attention_kernel,
+      attention_block=m.attention_block,
       dtype=DTYPES[m.dtype],
       remat=m.remat,
       scan_layers=m.scan_layers,

@@ -3,6 +3,16 @@
   python -m llm_jax.main --config=configs/default.py --workdir=/tmp/run [--config.key=value ...]
 
 Re-running the same command resumes from the newest checkpoint in --workdir.
+
+Several hosts run the same command (a shared --workdir); a Cloud TPU pod slice is
+detected by itself, elsewhere add --coordinator_address=HOST0:PORT --num_processes=N
+--process_id=I (docs/parallelism.md).
+
+Exit codes: 0 finished; 1 an unexpected error (traceback); 2 a bad config or flag;
+3 a NaN/Inf loss, gradient or parameter norm (nothing of that step saved); 4 a
+checkpoint that cannot be resumed (corrupt, or of another model); 5 a checkpoint save
+failed (the previous one is intact); 75 preempted by SIGTERM after saving (re-run to
+resume).
 """
 
 import sys
@@ -18,19 +28,33 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/NAME.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the config; resumes from it.')
+flags.DEFINE_string('coordinator_address', None, 'Multi-host outside Cloud TPU: host:port of process 0 '
+                    '(with --num_processes and --process_id; a TPU pod slice needs none of the three).')
+flags.DEFINE_integer('num_processes', None, 'Multi-host: the number of processes (one per host).')
+flags.DEFINE_integer('process_id', None, 'Multi-host: this process, 0 .. num_processes - 1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  logging.set_verbosity(logging.INFO)
+  from llm_jax import parallel
+  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  import jax
+  logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.WARNING)
+  from llm_jax import checkpoint
+  from llm_jax import preemption
+  from llm_jax.train import guard
   from llm_jax.train import loop
   try:
     loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except config_lib.ConfigError as e:
     print(f'llm_jax: config error: {e}', file=sys.stderr)
     sys.exit(2)
+  except (guard.NonFiniteError, checkpoint.CheckpointError, checkpoint.CheckpointSaveError,
+          preemption.Preempted) as e:
+    print(f'llm_jax: {e}', file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
 
 
 def _parse_flags(argv):

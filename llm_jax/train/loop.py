@@ -26,7 +26,9 @@ from llm_jax import config as config_lib
 from llm_jax import data as data_lib
 from llm_jax import parallel
 from llm_jax import perf
+from llm_jax import preemption
 from llm_jax.models import transformer
+from llm_jax.train import guard
 from llm_jax.train import metrics as metrics_lib
 from llm_jax.train import objectives
 from llm_jax.train import optim
@@ -80,8 +82,10 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, dataset=None)
                             process_index=jax.process_index(), process_count=jax.process_count())
   model_cfg = config_lib.model_config(config, dataset.tokenizer.vocab_size)
   model = transformer.build(config.model.kind, model_cfg)
-  mesh = parallel.make_mesh(config.mesh)
-  rules = parallel.DEFAULT_RULES
+  from llm_jax.train import pmap_step  # it subclasses Trainer, so it imports this module
+  pmap = config.parallelism == 'pmap'
+  mesh = pmap_step.make_mesh() if pmap else parallel.make_mesh(config.mesh)
+  rules = parallel.rules_from_config(config.mesh.rules)
   optimizer, lr_schedule = optim.make(config.train)
   b, t = config.train.batch_size, config.data.seq_len
   example = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == 'weights' else jnp.int32)
@@ -91,68 +95,95 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, dataset=None)
     abstract_variables = jax.eval_shape(model.init, jax.random.key(0), example['inputs'],
                                         example['positions'], example['segment_ids'])
     abstract_state = jax.eval_shape(init_fn, example)
-    shardings = parallel.state_shardings(abstract_variables, optimizer, abstract_state, mesh, rules)
-  batch_sharding = parallel.batch_sharding(mesh)
+    shardings = (parallel.replicated(abstract_state, mesh) if pmap else
+                 parallel.state_shardings(abstract_variables, optimizer, abstract_state, mesh, rules))
+  batch_sharding = parallel.batch_sharding(mesh, rules)
   zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}
   init = jax.jit(lambda: init_fn(zeros), out_shardings=shardings)
   objective = objectives.OBJECTIVE_OF_KIND[config.model.kind]
-  train_step = jax.jit(
+  train_fn = guard.wrap(
       step_lib.make_train_step(model, optimizer, lr_schedule, objective=objective,
                                z_loss=config.train.z_loss, micro_batches=config.train.micro_batches,
-                               dropout=model_cfg.dropout_rate > 0 or model_cfg.attention_dropout_rate > 0),
-      in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None), donate_argnums=0)
-  eval_step = jax.jit(step_lib.make_eval_step(model, objective=objective),
-                      in_shardings=(shardings.params, batch_sharding))
+                               dropout=model_cfg.dropout_rate > 0 or model_cfg.attention_dropout_rate > 0,
+                               axis_name=pmap_step.AXIS if pmap else None),
+      config.train.nonfinite)
+  eval_fn = step_lib.make_eval_step(model, objective=objective)
+  if pmap:
+    train_step, eval_step = pmap_step.compile_steps(train_fn, eval_fn, shardings)
+  else:
+    train_step = jax.jit(train_fn, in_shardings=(shardings, batch_sharding),
+                         out_shardings=(shardings, None), donate_argnums=0)
+    eval_step = jax.jit(eval_fn, in_shardings=(shardings.params, batch_sharding))
   n_matmul = transformer.matmul_params(abstract_state.params, model_cfg)
-  return Trainer(config, dataset, model_cfg, model, mesh, rules, shardings, batch_sharding,
-                 jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                              abstract_state, shardings),
-                 abstract_variables, init, train_step, eval_step, lr_schedule,
-                 transformer.flops_per_token(n_matmul, model_cfg, t))
+  trainer_cls = pmap_step.PmapTrainer if pmap else Trainer
+  return trainer_cls(config, dataset, model_cfg, model, mesh, rules, shardings, batch_sharding,
+                     jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                  abstract_state, shardings),
+                     abstract_variables, init, train_step, eval_step, lr_schedule,
+                     transformer.flops_per_token(n_matmul, model_cfg, t))
 
 
-def _initial_state(trainer: Trainer, ckpts: ckpt_lib.Checkpoints) -> tuple[Any, int]:
-  """(state, first step): resumed from WORKDIR, started from init_from, or fresh."""
+def _initial_state(trainer: Trainer, ckpts: ckpt_lib.Checkpoints) -> tuple[Any, int, int]:
+  """(state, first step, skipped steps): resumed from WORKDIR, started from init_from, or fresh.
+
+  Resuming takes the newest intact checkpoint (see ``Checkpoints.restore_latest``); a
+  checkpoint of another model kind or shape is an error here, before anything compiles.
+  """
   config = trainer.config
-  latest = ckpts.latest_step()
-  if latest is not None:
-    state, meta = ckpts.restore(latest, trainer.abstract_state)
-    logging.info('Resumed from step %d in %s', latest, ckpts.directory)
-    return state, int(meta['data_position'])
+  found = ckpts.restore_latest(trainer.abstract_state, model_kind=config.model.kind,
+                               fallback=config.checkpoint.fallback)
+  if found is not None:
+    state, meta, step = found
+    logging.info('Resumed from step %d in %s', step, ckpts.directory)
+    print(f'[llm_jax] resumed from step {step} in {ckpts.directory}', flush=True)
+    return state, int(meta['data_position']), int(meta.get('skipped_steps', 0))
   state = trainer.init()
   if config.init_from:
-    other = ckpt_lib.Checkpoints(config.init_from, config.checkpoint)
-    step = other.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'config.init_from={config.init_from!r} holds no finished checkpoint.')
-    params = other.restore_params(step, trainer.abstract_state.params)
-    other.close()
+    other = ckpt_lib.Checkpoints(config.init_from, config.checkpoint, read_only=True)
+    try:
+      step = other.latest_step()
+      if step is None:
+        raise FileNotFoundError(f'config.init_from={config.init_from!r} holds no finished checkpoint.')
+      params = other.restore_params(step, trainer.abstract_state.params)
+    finally:
+      other.close()
     state = state.replace(params=params)
     logging.info('Initialized parameters from %s step %d', config.init_from, step)
-  return state, 0
+  return state, 0, 0
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains until train.steps (or train.stop_at), evaluating, logging and checkpointing.
 
-  Returns the final summary (step, last train loss, last eval loss, seconds).
+  Returns the final summary (step, last train loss, last eval loss, seconds). Raises
+  ``preemption.Preempted`` after saving on SIGTERM, ``guard.NonFiniteError`` on a NaN/Inf
+  (nothing of that step saved), ``checkpoint.CheckpointSaveError`` if a save failed and
+  ``checkpoint.CheckpointError`` for a checkpoint that cannot be resumed; main.py turns
+  each into its exit code.
   """
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f'--workdir={workdir} is a file; give a directory.')
-  os.makedirs(workdir, exist_ok=True)
-  trainer = build_trainer(config, workdir)
-  ckpt_lib.save_config(workdir, config)
-  ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint)
-  start_time = time.time()
-  with trainer.context():
-    state, first = _initial_state(trainer, ckpts)
-    last = config.train.stop_at if config.train.stop_at != -1 else config.train.steps
-    writer = metrics_lib.MetricsWriter(workdir, resume_step=first)
-    summary = _run(trainer, state, first, last, ckpts, writer)
-    params = summary.pop('_params')
-  ckpts.wait()
-  ckpts.close()
-  writer.close()
+    raise config_lib.ConfigError(f'--workdir={workdir} is a file; give a directory '
+                                 f'(it will hold checkpoints, metrics and config.json).')
+  with preemption.Watch() as preempt:
+    os.makedirs(workdir, exist_ok=True)
+    trainer = build_trainer(config, workdir)
+    ckpt_lib.save_config(workdir, config)
+    ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint)
+    start_time = time.time()
+    writer = None
+    try:
+      with trainer.context():
+        state, first, skipped = _initial_state(trainer, ckpts)
+        last = config.train.stop_at if config.train.stop_at != -1 else config.train.steps
+        writer = metrics_lib.MetricsWriter(workdir, resume_step=first)
+        nonfinite = guard.Watch(config.train.nonfinite, skipped)
+        summary = _run(trainer, state, first, last, ckpts, writer, nonfinite, preempt)
+        params = summary.pop('_params')
+    except BaseException:
+      _close_after_error(ckpts, writer)
+      raise
+    writer.close()
+    ckpts.close()  # waits for the last save; raises CheckpointSaveError if it failed
   summary['seconds'] = round(time.time() - start_time, 1)
   logging.info('Finished: %s', summary)
   print(f'[llm_jax] done: step {summary["step"]}, train_loss {summary.get("train_loss")}, '
@@ -167,43 +198,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
-def _run(trainer: Trainer, state, first: int, last: int, ckpts, writer) -> dict:
+def _close_after_error(ckpts: ckpt_lib.Checkpoints, writer) -> None:
+  """Finishes the save in flight (the newest good checkpoint) without hiding the first error."""
+  for close in (ckpts.close, writer.close if writer else None):
+    try:
+      if close is not None:
+        close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.error('While stopping after an error: %s', e)
+      print(f'[llm_jax] also: {e}', flush=True)
+
+
+def _run(trainer: Trainer, state, first: int, last: int, ckpts: ckpt_lib.Checkpoints, writer,
+         nonfinite: guard.Watch, preempt: preemption.Watch) -> dict:
+  """The step loop. Syncs with the device only to log, evaluate and save; checks for
+  non-finite metrics right before each of those, so nothing of a bad step gets out."""
   config = trainer.config
+  ckpt_cfg = config.checkpoint
   tokens_per_step = config.train.batch_size * config.data.seq_len
   peak, _ = perf.peak_flops(config.model.dtype)
-  batches = data_lib.prefetch(trainer.device_batch(trainer.dataset.train_batch(s))
-                              for s in range(first, last))
   summary: dict = {'step': first}
   bar = tqdm.tqdm(total=last, initial=first, desc='train', disable=jax.process_index() != 0,
                   mininterval=2.0, dynamic_ncols=True)
   timer_step, timer = first, None
-  for step in range(first + 1, last + 1):
-    state, metrics = trainer.train_step(state, next(batches))
-    bar.update(1)
-    if timer is None:  # the first step compiles; time from its end
-      jax.block_until_ready(metrics)
-      timer_step, timer = step, time.perf_counter()
-    record = {}
-    if step % config.log_every_steps == 0 or step == last:
-      record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      record.pop('target_tokens')
-      record['perplexity'] = float(np.exp(min(record['train_loss'], 50.0)))
-      if step > timer_step:
-        rate = (step - timer_step) * tokens_per_step / (time.perf_counter() - timer)
-        record.update(tokens_per_sec=rate, mfu=rate * trainer.flops_per_token / (peak * jax.device_count()))
+  with data_lib.prefetch(trainer.device_batch(trainer.dataset.train_batch(s))
+                         for s in range(first, last)) as batches:
+    for step in range(first + 1, last + 1):
+      state, metrics = trainer.train_step(state, next(batches))
+      nonfinite.add(step, metrics)
+      bar.update(1)
+      if timer is None:  # the first step compiles; time from its end
+        jax.block_until_ready(metrics)
         timer_step, timer = step, time.perf_counter()
-      bar.set_postfix(loss=f'{record["train_loss"]:.4f}')
-    every = config.eval.every_steps
-    if config.data.eval_split and ((every and step % every == 0) or step == last):
-      record.update(trainer.evaluate(state.params))
-      tqdm.tqdm.write(f'step {step}: eval_loss {record["eval_loss"]:.4f}')
-      if timer is not None:
-        timer = time.perf_counter()
-    if record:
-      writer.write(step, record)
-      summary.update(record)
-    if step % config.checkpoint.every_steps == 0 or step == last:
-      ckpts.save(step, state, {'data_position': step, 'model_kind': config.model.kind})
+      stop = preempt.reached(step) and step < last
+      log = step % config.log_every_steps == 0 or step == last
+      every = config.eval.every_steps
+      evaluate = bool(config.data.eval_split) and ((every and step % every == 0) or step == last) and not stop
+      save = step % ckpt_cfg.every_steps == 0 or step == last or stop
+      if log or evaluate or save:
+        nonfinite.check(newest_checkpoint=ckpts.latest_step)
+      record = {}
+      if log:
+        record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        record.pop('target_tokens')
+        record['perplexity'] = float(np.exp(min(record['train_loss'], 50.0)))
+        if config.train.nonfinite == 'skip':
+          record['skipped_steps'] = nonfinite.skipped
+        if step > timer_step:
+          rate = (step - timer_step) * tokens_per_step / (time.perf_counter() - timer)
+          record.update(tokens_per_sec=rate, mfu=rate * trainer.flops_per_token / (peak * jax.device_count()))
+          timer_step, timer = step, time.perf_counter()
+        bar.set_postfix(loss=f'{record["train_loss"]:.4f}')
+      if evaluate:
+        record.update(trainer.evaluate(state.params))
+        tqdm.tqdm.write(f'step {step}: eval_loss {record["eval_loss"]:.4f}')
+        if timer is not None:
+          timer = time.perf_counter()
+      if record:
+        writer.write(step, record)
+        summary.update(record)
+      if save:
+        ranked = {ckpt_cfg.keep_best_metric: record[ckpt_cfg.keep_best_metric]} if (
+            ckpt_cfg.keep_best and ckpt_cfg.keep_best_metric in record) else None
+        ckpts.save(step, state, {'data_position': step, 'model_kind': config.model.kind,
+                                 'skipped_steps': nonfinite.skipped}, metrics=ranked)
+      if stop:
+        bar.close()
+        ckpts.wait()
+        raise preemption.Preempted(step, ckpts.directory)
   bar.close()
   summary['step'] = last
   summary['_params'] = state.params

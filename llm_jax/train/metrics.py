@@ -1,8 +1,8 @@
 """Metric output of a run: WORKDIR/metrics.jsonl and TensorBoard events, process 0 only.
 
 ``metrics.jsonl`` holds one JSON object per logged step. On resume from step K, lines
-with step > K (written after the checkpoint the run resumes from) are dropped, so the
-file always describes one consistent history.
+with step > K (written after the checkpoint the run resumes from) are dropped, and so is
+a line torn by a crash or a full disk, so the file always describes one consistent history.
 """
 
 import json
@@ -22,7 +22,7 @@ class MetricsWriter:
       return
     if os.path.exists(self.path):
       with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
+        kept = [line for line in f if _step_of(line) <= resume_step]
       with open(self.path, 'w') as f:
         f.writelines(kept)
     from tensorboardX import SummaryWriter
@@ -41,6 +41,14 @@ class MetricsWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def _step_of(line: str) -> float:
+  """The step of a metrics line; a torn or empty line (a crash mid-write) counts as after any step."""
+  try:
+    return json.loads(line)['step']
+  except (ValueError, KeyError, TypeError):
+    return float('inf')
 
 
 def _plain(v):

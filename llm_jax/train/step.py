@@ -43,12 +43,17 @@ def _forward(model, params, batch, dropout_key, objective, z_loss):
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, lr_schedule: Callable,
-                    *, objective: str, z_loss: float, micro_batches: int, dropout: bool):
+                    *, objective: str, z_loss: float, micro_batches: int, dropout: bool,
+                    axis_name: str | None = None):
   """Returns train_step(state, batch) -> (state, metrics).
 
   With micro_batches > 1 the batch is split along B and gradients of the summed loss
   are accumulated with ``lax.scan``; the update divides once by the full batch's
   target count, so accumulation gives the same update as one big batch.
+
+  With ``axis_name`` (the pmap path) each device holds a slice of the batch; gradient
+  and loss sums are all-reduced over that axis before the division (the token-weighted
+  ``pmean`` of per-device gradients), so the update is the jit path's on the whole batch.
   """
   objective_fn = objectives.get(objective)
 
@@ -60,6 +65,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
 
   def train_step(state: TrainState, batch):
     base = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    if axis_name is not None:  # distinct dropout masks per device
+      base = jax.random.fold_in(base, jax.lax.axis_index(axis_name))
     if micro_batches == 1:
       grads, out = grads_of(state.params, batch, base if dropout else None)
     else:
@@ -73,6 +80,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
       zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
           lambda: grads_of(state.params, jax.tree.map(lambda x: x[0], split), None)))
       (grads, out), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(micro_batches), split))
+    if axis_name is not None:
+      grads, out = jax.lax.psum((grads, out), axis_name)
     denom = jnp.maximum(out['weight_sum'], 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

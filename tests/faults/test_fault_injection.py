@@ -1,0 +1,212 @@
+"""Faults injected into real training processes (RELIABILITY.md rows 1, 4, 5, 6, 7).
+
+Each test starts ``python -m llm_jax.main`` (through tests/faults/driver.py, which
+patches the fault in) and checks the exit code, the message, the checkpoints left on
+disk and, where the run can go on, that the finished run's per-step losses equal the
+uninterrupted reference run's bitwise.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import time
+
+import pytest
+
+from tests.faults import runs
+
+EXIT_NONFINITE, EXIT_CHECKPOINT, EXIT_SAVE, EXIT_PREEMPTED = 3, 4, 5, 75
+
+
+def _finish(workdir, tmp, reference_losses, expect_resume_from=None, **extra):
+  """Re-runs the same command to the end; checks where it resumed and the losses."""
+  done = runs.run(workdir, tmp, **extra)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+  if expect_resume_from is not None:
+    assert runs.resumed_from(done.stdout) == expect_resume_from, done.stdout[-2000:]
+  assert runs.losses(workdir) == reference_losses
+  assert runs.tmp_dirs(workdir) == []
+  return done
+
+
+# ---- kill -9 during asynchronous saves (row 1) ---------------------------------------------
+
+WRITTEN = '[fault driver] save of step '  # the driver's line: files written, commit not yet made
+
+
+def _saves_written(started) -> list:
+  return [int(l[len(WRITTEN):].split()[0]) for l in started.output().splitlines() if l.startswith(WRITTEN)]
+
+
+def test_kill9_before_commit_resumes_from_last_finalized_step(tmp_path, reference):
+  workdir = tmp_path / 'run'
+  started = runs.Started(workdir, tmp_path, tmp_path / 'killed.log', faults={'save_delay': 0.5})
+  try:
+    runs.wait_for(lambda: any(s >= 6 for s in _saves_written(started)), started.proc)
+    started.proc.send_signal(signal.SIGKILL)
+  finally:
+    assert started.wait() == -signal.SIGKILL
+  unfinished = max(_saves_written(started))
+  assert f'{unfinished}{runs.TMP_MARK}' in runs.tmp_dirs(workdir)  # written, never committed
+  last = runs.finalized_steps(workdir)[-1]
+  assert last < unfinished
+  _finish(workdir, tmp_path, reference[1], expect_resume_from=last)
+
+
+@pytest.mark.slow
+def test_kill9_at_random_moments_during_20_async_saves(tmp_path, reference):
+  """A seeded schedule of SIGKILLs, every other one inside a save's window between its
+  files being written and its commit, the others at random times (start-up included).
+  Every restart resumes from the last finalized step, and the finished run's losses are
+  the uninterrupted run's, bitwise."""
+  workdir = tmp_path / 'run'
+  rng = random.Random(20)
+  kills = {'in a save window': 0, 'at random': 0}
+  for attempt in range(8):
+    last = (runs.finalized_steps(workdir) or [None])[-1] if (workdir / 'checkpoints').exists() else None
+    started = runs.Started(workdir, tmp_path, tmp_path / f'attempt{attempt}.log', faults={'save_delay': 0.2})
+    mode = 'in a save window' if attempt % 2 == 0 else 'at random'
+    try:
+      if mode == 'in a save window':
+        k = rng.randint(1, 5)  # this attempt's k-th save
+        runs.wait_for(lambda: len(_saves_written(started)) >= k, started.proc)
+      else:
+        time.sleep(rng.uniform(1.5, 9.0))
+      started.proc.send_signal(signal.SIGKILL)
+    except AssertionError:
+      pass  # the run reached its end first
+    finally:
+      rc = started.wait()
+    out = started.output()
+    if last is not None and 'train:' in out:  # it got past restoring: it must say from where
+      assert runs.resumed_from(out) == last, f'attempt {attempt} resumed from {runs.resumed_from(out)}, not {last}'
+    if rc == 0:
+      break
+    assert rc == -signal.SIGKILL
+    kills[mode] += 1
+    if mode == 'in a save window':  # the killed save left its temporary directory behind
+      assert f'{max(_saves_written(started))}{runs.TMP_MARK}' in runs.tmp_dirs(workdir)
+  print(f'kills: {kills}; finalized before the last restart: {runs.finalized_steps(workdir)}')
+  assert kills['in a save window'] >= 3 and kills['at random'] >= 2, kills
+  _finish(workdir, tmp_path, reference[1], expect_resume_from=runs.finalized_steps(workdir)[-1])
+
+
+# ---- SIGTERM (row 4) --------------------------------------------------------------------------
+
+
+def test_sigterm_between_saves_checkpoints_that_step_and_resumes_bitwise(tmp_path, reference):
+  workdir = tmp_path / 'run'
+  # Saves only at the end; batches are served slowly so the signal lands mid-run.
+  started = runs.Started(workdir, tmp_path, tmp_path / 'term.log', faults={'step_delay': 0.05},
+                         **{'checkpoint.every_steps': 1000})
+  try:
+    runs.wait_for(lambda: runs.logged_steps(workdir) >= 8, started.proc)
+    started.proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    rc = started.wait(timeout=60)
+  finally:
+    if started.proc.poll() is None:
+      started.proc.kill()
+  assert time.monotonic() - sent < 30
+  assert rc == EXIT_PREEMPTED, started.output()[-3000:]
+  out = started.output()
+  line = next(l for l in out.splitlines() if l.startswith('llm_jax: preempted (SIGTERM) at step '))
+  step = int(line.split()[5].rstrip(':'))
+  assert 8 <= step < runs.STEPS
+  assert runs.finalized_steps(workdir) == [step]
+  assert max(runs.losses(workdir)) == step
+  _finish(workdir, tmp_path, reference[1], expect_resume_from=step)
+
+
+# ---- non-finite loss (row 7) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('fault,step,metric', [
+    ('poison_step', 7, 'train_loss'),
+    pytest.param('lr_spike_step', 9, 'param_norm', marks=pytest.mark.slow),
+])
+def test_nonfinite_stops_at_exactly_that_step_without_saving_it(tmp_path, fault, step, metric):
+  workdir = tmp_path / 'run'
+  done = runs.run(workdir, tmp_path, faults={fault: step})
+  assert done.returncode == EXIT_NONFINITE, done.stderr[-3000:]
+  assert f'llm_jax: non-finite {metric} (' in done.stderr and f') at step {step};' in done.stderr
+  assert max(runs.finalized_steps(workdir)) < step
+  assert runs.tmp_dirs(workdir) == []
+  assert max(runs.losses(workdir)) == step - 1  # nothing of the bad step was logged either
+
+
+def test_nonfinite_skip_drops_the_update_and_counts_it(tmp_path):
+  workdir = tmp_path / 'run'
+  done = runs.run(workdir, tmp_path, faults={'poison_step': 7}, **{'train.nonfinite': 'skip', 'train.steps': 10})
+  assert done.returncode == 0, done.stderr[-3000:]
+  rows = {r['step']: r for r in map(json.loads, open(workdir / 'metrics.jsonl'))}
+  assert rows[7]['skipped'] == 1 and rows[6]['skipped_steps'] == 0 and rows[10]['skipped_steps'] == 1
+  assert all(v == v for k, v in rows[10].items())  # finite again after the skip
+  assert runs.finalized_steps(workdir)[-1] == 10
+
+
+# ---- save failures (row 6) -------------------------------------------------------------------
+
+
+def _read_only_prefix():
+  if os.geteuid() != 0:
+    return ()
+  setpriv = shutil.which('setpriv')
+  if setpriv is None:
+    pytest.skip('running as root without setpriv: a read-only directory cannot be made')
+  return (setpriv, '--bounding-set=-dac_override,-dac_read_search')  # root that obeys permissions
+
+
+@pytest.mark.parametrize('fault', ['full_from_save', pytest.param('read_only_from_save', marks=pytest.mark.slow)])
+def test_failed_save_surfaces_keeps_last_good_checkpoint_and_exits_nonzero(tmp_path, reference, fault):
+  workdir = tmp_path / 'run'
+  prefix = _read_only_prefix() if fault == 'read_only_from_save' else ()
+  try:
+    done = runs.run(workdir, tmp_path, faults={fault: 3}, prefix=prefix, **{'checkpoint.every_steps': 4})
+  finally:
+    if (workdir / 'checkpoints').exists():
+      os.chmod(workdir / 'checkpoints', 0o755)
+  assert done.returncode == EXIT_SAVE, done.stderr[-3000:]
+  message = next(l for l in done.stderr.splitlines() if l.startswith('llm_jax: saving checkpoint step '))
+  failed = int(message.split()[4])
+  good = runs.finalized_steps(workdir)
+  assert good and good[-1] < failed and f'the newest intact checkpoint is step {good[-1]}' in message
+  assert 'done:' not in done.stdout
+  _finish(workdir, tmp_path, reference[1], expect_resume_from=good[-1])  # and it resumes from there
+
+
+# ---- corrupt checkpoints (row 5) -------------------------------------------------------------
+
+
+def _corrupt(step_dir, kind):
+  if kind == 'truncated':
+    sizes = json.loads((step_dir / 'llm_jax_files.json').read_text())
+    biggest = max(sizes, key=sizes.get)
+    os.truncate(step_dir / biggest, sizes[biggest] // 2)
+    return biggest
+  name = {'metadata': 'params/_METADATA', 'commit': 'commit_success.txt'}[kind]
+  (step_dir / name).unlink()
+  return name
+
+
+@pytest.mark.parametrize('kind', ['truncated', pytest.param('metadata', marks=pytest.mark.slow),
+                                  pytest.param('commit', marks=pytest.mark.slow)])
+def test_corrupt_newest_checkpoint_errors_or_falls_back(tmp_path, reference, kind):
+  workdir = tmp_path / 'run'
+  shutil.copytree(reference[0], workdir)
+  steps = runs.finalized_steps(workdir)
+  newest, previous = steps[-1], steps[-2]
+  broken = _corrupt(workdir / 'checkpoints' / str(newest), kind)
+
+  refused = runs.run(workdir, tmp_path)
+  assert refused.returncode == EXIT_CHECKPOINT, refused.stderr[-3000:]
+  assert f'llm_jax: checkpoint step {newest} is corrupt: ' in refused.stderr
+  assert str(workdir / 'checkpoints' / str(newest) / broken) in refused.stderr
+  assert f'fallback=True to set it aside and resume from step {previous}' in refused.stderr
+
+  done = _finish(workdir, tmp_path, reference[1], expect_resume_from=previous, **{'checkpoint.fallback': True})
+  assert f'[llm_jax] checkpoint step {newest} is corrupt: ' in done.stdout
+  assert f'falling back to step {previous}.' in done.stdout
+  assert [p.name.split('-')[0] for p in (workdir / 'corrupt_checkpoints').iterdir()] == [str(newest)]

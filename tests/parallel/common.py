@@ -1,0 +1,56 @@
+"""The small float32 run every parallel test shares, and the environment of its subprocesses.
+
+A simulated 8-device CPU needs ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
+before jax is imported, so the multi-device work runs in subprocesses
+(``tests/parallel/worker.py``, ``python -m llm_jax.main``) started with ``cpu_env``;
+the pytest process itself keeps its single device and runs the single-device reference.
+"""
+
+import os
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TEXT = ''.join(f'Document line {i}: the quick brown fox {i % 7} jumps over the lazy dog.\n' for i in range(60))
+STEPS = 5
+TIMEOUT_S = 420  # a subprocess that takes longer is stuck (a collective waiting for a dead peer)
+
+# Every strategy, and pmap, runs this config; the multi-host test passes it as flags.
+# 8 heads so tensor=8 divides them; the char vocabulary (44) does not divide 8, which
+# exercises the vocab fallback (left unsharded under tensor=8, split in 2 under tensor=2).
+def overrides(tmp: pathlib.Path) -> dict:
+  corpus = tmp / 'corpus.txt'
+  if not corpus.exists():
+    corpus.write_text(TEXT)
+  return {
+      'data.dataset': 'files', 'data.files': str(corpus), 'data.eval_fraction': 0.1,
+      'data.seq_len': 32, 'data.cache_dir': str(tmp / 'cache'),
+      'model.num_layers': 1, 'model.emb_dim': 64, 'model.num_heads': 8, 'model.dropout_rate': 0.0,
+      'model.dtype': 'float32',
+      'train.steps': STEPS, 'train.batch_size': 16, 'train.warmup_steps': 1, 'train.learning_rate': 1e-2,
+      'eval.every_steps': 0, 'eval.max_batches': 1, 'checkpoint.every_steps': 2,
+      'log_every_steps': 1, 'sample.prompt': '',
+  }
+
+
+def config(tmp: pathlib.Path, **extra):
+  from llm_jax import config as config_lib
+  return config_lib.from_file(str(ROOT / 'configs' / 'default.py'), **{**overrides(tmp), **extra})
+
+
+def cpu_env(devices: int, **extra) -> dict:
+  """The environment of a subprocess with ``devices`` simulated CPU devices."""
+  env = dict(os.environ)
+  flags = [f for f in env.get('XLA_FLAGS', '').split() if 'force_host_platform_device_count' not in f]
+  env['XLA_FLAGS'] = ' '.join(flags + [f'--xla_force_host_platform_device_count={devices}'])
+  env['JAX_PLATFORMS'] = 'cpu'
+  env['PYTHONPATH'] = os.pathsep.join([str(ROOT)] + [p for p in [env.get('PYTHONPATH')] if p])
+  env.update(extra)
+  return env
+
+
+def flatten(tree) -> dict:
+  """{path: numpy array} of a pytree (for bitwise comparisons across processes)."""
+  import jax
+  import numpy as np
+  return {jax.tree_util.keystr(path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]}
