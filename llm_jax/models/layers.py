@@ -168,6 +168,33 @@ register_positions('none')(None)
 
 # ----------------------------------------------------------------------------- norms
 
+def _normalizer(center: bool, eps: float):
+  """x -> x̂·scale with x̂ = (x - mean)/std (LayerNorm) or x/rms (RMSNorm), in float32.
+
+  A custom VJP with the closed-form backward
+  dx = r·(g·s - mean(g·s) - x̂·mean(g·s·x̂)) (the first mean only when centering):
+  the same gradients as autodiff with fewer passes over [B, T, D] and no materialized
+  broadcasts of the normalizer.
+  """
+  def forward(x, scale):
+    xc = x - x.mean(-1, keepdims=True) if center else x
+    r = jax.lax.rsqrt(jnp.square(xc).mean(-1, keepdims=True) + eps)
+    xhat = xc * r
+    return xhat * scale, (xhat, r, scale)
+
+  def backward(res, g):
+    xhat, r, scale = res
+    gs = g * scale
+    inner = gs - xhat * (gs * xhat).mean(-1, keepdims=True)
+    if center:
+      inner = inner - gs.mean(-1, keepdims=True)
+    return r * inner, jnp.sum(g * xhat, axis=tuple(range(g.ndim - 1)))
+
+  fn = jax.custom_vjp(lambda x, scale: forward(x, scale)[0])
+  fn.defvjp(forward, backward)
+  return fn
+
+
 class LayerNorm(nn.Module):
   """(x - mean) / sqrt(var + eps) * scale (+ bias), in float32."""
   cfg: TransformerConfig
@@ -175,10 +202,7 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x):
     scale = param_with_axes(self, 'scale', nn.initializers.ones, (x.shape[-1],), (axes.EMBED,))
-    xf = x.astype(jnp.float32)
-    mean = xf.mean(-1, keepdims=True)
-    var = jnp.square(xf - mean).mean(-1, keepdims=True)
-    y = (xf - mean) * jax.lax.rsqrt(var + self.cfg.norm_eps) * scale
+    y = _normalizer(True, self.cfg.norm_eps)(x.astype(jnp.float32), scale)
     if self.cfg.use_bias:
       y = y + param_with_axes(self, 'bias', nn.initializers.zeros, (x.shape[-1],), (axes.EMBED,))
     return y.astype(self.cfg.dtype)
@@ -191,9 +215,7 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x):
     scale = param_with_axes(self, 'scale', nn.initializers.ones, (x.shape[-1],), (axes.EMBED,))
-    xf = x.astype(jnp.float32)
-    y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + self.cfg.norm_eps) * scale
-    return y.astype(self.cfg.dtype)
+    return _normalizer(False, self.cfg.norm_eps)(x.astype(jnp.float32), scale).astype(self.cfg.dtype)
 
 
 NORMS = {'layernorm': LayerNorm, 'rmsnorm': RMSNorm}

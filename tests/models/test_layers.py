@@ -161,3 +161,21 @@ def test_blocked_kernel_matches_numpy_on_packed_causal_rows(block):
   got = attention.get('blocked')(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v), mask=jnp.asarray(mask),
                                  causal=True, block=block)
   np.testing.assert_allclose(np.asarray(got), np_attention(q, kk, v, mask), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('norm', ['layernorm', 'rmsnorm'])
+def test_norm_gradients_equal_autodiff_of_the_formula(norm):
+  cfg = TransformerConfig(vocab_size=8, emb_dim=16)
+  x = jnp.asarray(RNG.normal(size=(2, 3, 16)).astype(np.float32) * 2 + 0.5)
+  scale = jnp.asarray(RNG.normal(size=16).astype(np.float32))
+
+  def reference(x, scale):
+    xc = x - x.mean(-1, keepdims=True) if norm == 'layernorm' else x
+    return xc / jnp.sqrt(jnp.square(xc).mean(-1, keepdims=True) + 1e-5) * scale
+
+  module = lambda x, scale: layers.NORMS[norm](cfg).apply({'params': {'scale': scale}}, x)
+  loss = lambda f: lambda x, scale: jnp.sum(jnp.sin(3 * f(x, scale)))
+  got = jax.grad(loss(module), argnums=(0, 1))(x, scale)
+  want = jax.grad(loss(reference), argnums=(0, 1))(x, scale)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
