@@ -16,7 +16,7 @@ def get_config():
   config.model.num_layers = 4
   config.model.num_heads = 4
   config.model.emb_dim = 128
-  config.train.steps = 1500
+  config.train.steps = 1000
   config.train.batch_size = 32
   config.train.learning_rate = 2e-3
   config.train.end_learning_rate = 2e-4

@@ -41,7 +41,8 @@ def main(argv):
   from llm_jax import parallel
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   import jax
-  logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.WARNING)
+  if jax.process_index() != 0 or not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # library INFO logs off; --verbosity=0 shows them
   from llm_jax import checkpoint
   from llm_jax import preemption
   from llm_jax.train import guard

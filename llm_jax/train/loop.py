@@ -148,7 +148,7 @@ def _initial_state(trainer: Trainer, ckpts: ckpt_lib.Checkpoints) -> tuple[Any, 
     finally:
       other.close()
     state = state.replace(params=params)
-    logging.info('Initialized parameters from %s step %d', config.init_from, step)
+    print(f'[llm_jax] initialized parameters from {config.init_from} step {step}', flush=True)
   return state, 0, 0
 
 
