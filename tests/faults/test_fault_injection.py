@@ -9,6 +9,7 @@ uninterrupted reference run's bitwise.
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import time
@@ -37,7 +38,9 @@ WRITTEN = '[fault driver] save of step '  # the driver's line: files written, co
 
 
 def _saves_written(started) -> list:
-  return [int(l[len(WRITTEN):].split()[0]) for l in started.output().splitlines() if l.startswith(WRITTEN)]
+  """Steps whose save the driver reported written; found anywhere in the output, since the
+  progress bar redraws with carriage returns and the driver's line may follow it."""
+  return [int(m) for m in re.findall(re.escape(WRITTEN) + r'(\d+)', started.output())]
 
 
 def test_kill9_before_commit_resumes_from_last_finalized_step(tmp_path, reference):
