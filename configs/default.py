@@ -16,14 +16,14 @@ def get_config():
   config.model.num_layers = 4
   config.model.num_heads = 4
   config.model.emb_dim = 128
-  config.train.steps = 1000
+  config.train.steps = 800
   config.train.batch_size = 32
   config.train.learning_rate = 2e-3
   config.train.end_learning_rate = 2e-4
   config.train.warmup_steps = 100
-  config.eval.every_steps = 500
+  config.eval.every_steps = 400
   config.eval.max_batches = 20
-  config.checkpoint.every_steps = 500
+  config.checkpoint.every_steps = 400
   config.log_every_steps = 50
   config.sample.prompt = 'The '      # sampled at the end of training
   config.sample.max_new_tokens = 120  # prompt + new tokens must fit model.max_len
