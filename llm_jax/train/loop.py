@@ -218,10 +218,11 @@ def _run(trainer: Trainer, state, first: int, last: int, ckpts: ckpt_lib.Checkpo
   tokens_per_step = config.train.batch_size * config.data.seq_len
   peak, _ = perf.peak_flops(config.model.dtype)
   summary: dict = {'step': first}
-  bar = tqdm.tqdm(total=last, initial=first, desc='train', disable=jax.process_index() != 0,
-                  mininterval=2.0, dynamic_ncols=True)
   timer_step, timer = first, None
-  with data_lib.prefetch(trainer.device_batch(trainer.dataset.train_batch(s))
+  # The bar is closed on every exit (errors too), so messages printed after it start on a line of their own.
+  with tqdm.tqdm(total=last, initial=first, desc='train', disable=jax.process_index() != 0,
+                 mininterval=2.0, dynamic_ncols=True) as bar, \
+       data_lib.prefetch(trainer.device_batch(trainer.dataset.train_batch(s))
                          for s in range(first, last)) as batches:
     for step in range(first + 1, last + 1):
       state, metrics = trainer.train_step(state, next(batches))
@@ -266,7 +267,6 @@ def _run(trainer: Trainer, state, first: int, last: int, ckpts: ckpt_lib.Checkpo
         bar.close()
         ckpts.wait()
         raise preemption.Preempted(step, ckpts.directory)
-  bar.close()
   summary['step'] = last
   summary['_params'] = state.params
   return summary
