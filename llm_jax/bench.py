@@ -70,7 +70,7 @@ def benchmark_training(config, *, steps: int, warmup: int = 2, rounds: int = 3, 
         state, metrics = trainer.train_step(state, batches[i % 4])
       jax.block_until_ready(metrics)
       elapsed = min(elapsed, time.perf_counter() - t0)
-      round_peak, source = perf.peak_flops.__wrapped__(config.model.dtype)
+      round_peak, source = perf.measure_peak_flops(config.model.dtype)
       peak = max(peak, round_peak)
   peak *= jax.device_count()
   tokens_per_sec = steps * t.batch_size * config.data.seq_len / elapsed

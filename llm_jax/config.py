@@ -177,8 +177,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
                       f'set config.model.attention_dropout_rate=0 or use attention_kernel=xla.')
   if not 0 <= m.dropout_rate < 1 or not 0 <= m.attention_dropout_rate < 1:
     raise ConfigError('config.model.dropout_rate and attention_dropout_rate must be in [0, 1).')
-  if d.tokenizer not in ('char', 'byte', 'sentencepiece'):
-    _one_of('data.tokenizer', d.tokenizer, ('char', 'byte', 'sentencepiece'))
+  _one_of('data.tokenizer', d.tokenizer, ('char', 'byte', 'sentencepiece'))
   if t.batch_size % t.micro_batches:
     raise ConfigError(f'config.train.batch_size={t.batch_size} is not divisible by '
                       f'config.train.micro_batches={t.micro_batches}.')

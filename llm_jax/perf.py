@@ -39,9 +39,8 @@ def measure_matmul_flops(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> 
   return 2 * n ** 3 / best
 
 
-@functools.lru_cache(maxsize=None)
-def peak_flops(dtype_name: str = 'float32') -> tuple[float, str]:
-  """(peak FLOP/s per device, how it was obtained)."""
+def measure_peak_flops(dtype_name: str = 'float32') -> tuple[float, str]:
+  """(peak FLOP/s per device, how it was obtained), measured anew on the CPU each call."""
   device = jax.devices()[0]
   if device.platform == 'cpu':
     flops = measure_matmul_flops(dtype=jnp.dtype(dtype_name))
@@ -51,3 +50,7 @@ def peak_flops(dtype_name: str = 'float32') -> tuple[float, str]:
     if name.lower() in kind.lower():
       return tflops * 1e12, f'datasheet bf16 dense for {kind}'
   return float('nan'), f'unknown device {kind}'
+
+
+peak_flops = functools.lru_cache(maxsize=None)(measure_peak_flops)
+peak_flops.__doc__ = 'measure_peak_flops, measured once per process (what the training loop uses).'

@@ -138,7 +138,8 @@ def flops_per_token(n_matmul_params: int, cfg: TransformerConfig, seq_len: int) 
   """Training FLOPs per token: 6N + 12·L·T·D (PaLM, appendix B).
 
   The attention term counts the full T×T score matrix; it is *not* halved for causal
-  masking (the einsum path computes all of it), matching PaLM's and nanoGPT's MFU.
+  masking, matching PaLM's and nanoGPT's MFU, even where the 'blocked' kernel skips the
+  masked blocks (as the flash kernels behind those figures do).
   D here is the attention width N·H.
   """
   return 6 * n_matmul_params + 12 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
