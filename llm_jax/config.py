@@ -77,6 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
   t.stop_at = -1                  # stop after this step with a checkpoint, schedule untouched (-1: off)
   t.batch_size = 32               # global batch, in rows of seq_len tokens
   t.micro_batches = 1             # gradient accumulation: batch_size splits into this many
+  t.micro_batch_mode = 'scan'     # 'scan' (one micro-batch in memory at a time) | 'parallel' (unrolled,
+                                  # run side by side: faster on a small CPU at small shapes, more memory)
   t.learning_rate = 1e-3          # peak learning rate
   t.end_learning_rate = 1e-4      # learning rate at the end of the decay
   t.warmup_steps = 100            # linear warmup from 0
@@ -178,6 +180,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   if not 0 <= m.dropout_rate < 1 or not 0 <= m.attention_dropout_rate < 1:
     raise ConfigError('config.model.dropout_rate and attention_dropout_rate must be in [0, 1).')
   _one_of('data.tokenizer', d.tokenizer, ('char', 'byte', 'sentencepiece'))
+  _one_of('train.micro_batch_mode', t.micro_batch_mode, ('scan', 'parallel'))
   if t.batch_size % t.micro_batches:
     raise ConfigError(f'config.train.batch_size={t.batch_size} is not divisible by '
                       f'config.train.micro_batches={t.micro_batches}.')

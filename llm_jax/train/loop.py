@@ -104,6 +104,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, dataset=None)
   train_fn = guard.wrap(
       step_lib.make_train_step(model, optimizer, lr_schedule, objective=objective,
                                z_loss=config.train.z_loss, micro_batches=config.train.micro_batches,
+                               micro_batch_mode=config.train.micro_batch_mode,
                                dropout=model_cfg.dropout_rate > 0 or model_cfg.attention_dropout_rate > 0,
                                axis_name=pmap_step.AXIS if pmap else None),
       config.train.nonfinite)

@@ -5,6 +5,7 @@ A batch is a dict of [B, T] arrays: 'inputs', 'targets' (int32), 'weights' (floa
 ``jax.jit`` (state donated) under the mesh's logical-axis rules.
 """
 
+import functools
 from typing import Any, Callable
 
 import flax
@@ -42,14 +43,30 @@ def _forward(model, params, batch, dropout_key, objective, z_loss):
   return objective(logits, batch, z_loss)
 
 
+def _scan_accumulate(grads_of, params, split, base, micro_batches, dropout):
+  def accumulate(carry, xs):
+    i, micro = xs
+    g, o = grads_of(params, micro, jax.random.fold_in(base, i) if dropout else None)
+    return jax.tree.map(jnp.add, carry, (g, o)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+      lambda: grads_of(params, jax.tree.map(lambda x: x[0], split), None)))
+  (grads, out), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(micro_batches), split))
+  return grads, out
+
+
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, lr_schedule: Callable,
                     *, objective: str, z_loss: float, micro_batches: int, dropout: bool,
-                    axis_name: str | None = None):
+                    axis_name: str | None = None, micro_batch_mode: str = 'scan'):
   """Returns train_step(state, batch) -> (state, metrics).
 
   With micro_batches > 1 the batch is split along B and gradients of the summed loss
-  are accumulated with ``lax.scan``; the update divides once by the full batch's
-  target count, so accumulation gives the same update as one big batch.
+  are accumulated, with ``lax.scan`` (``micro_batch_mode='scan'``: one micro-batch's
+  activations live at a time) or unrolled (``'parallel'``: independent chains the
+  runtime may execute at the same time; on a 2-core CPU at small shapes this keeps
+  both cores busy where single small ops cannot). Either way the micro-batch
+  gradients are added in order 0, 1, ... and the update divides once by the full
+  batch's target count, so accumulation gives the same update as one big batch.
 
   With ``axis_name`` (the pmap path) each device holds a slice of the batch; gradient
   and loss sums are all-reduced over that axis before the division (the token-weighted
@@ -71,15 +88,13 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
       grads, out = grads_of(state.params, batch, base if dropout else None)
     else:
       split = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
-
-      def accumulate(carry, xs):
-        i, micro = xs
-        g, o = grads_of(state.params, micro, jax.random.fold_in(base, i) if dropout else None)
-        return jax.tree.map(jnp.add, carry, (g, o)), None
-
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          lambda: grads_of(state.params, jax.tree.map(lambda x: x[0], split), None)))
-      (grads, out), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(micro_batches), split))
+      if micro_batch_mode == 'parallel':
+        parts = [grads_of(state.params, jax.tree.map(lambda x, i=i: x[i], split),
+                          jax.random.fold_in(base, i) if dropout else None)
+                 for i in range(micro_batches)]
+        grads, out = functools.reduce(lambda a, b: jax.tree.map(jnp.add, a, b), parts)
+      else:
+        grads, out = _scan_accumulate(grads_of, state.params, split, base, micro_batches, dropout)
     if axis_name is not None:
       grads, out = jax.lax.psum((grads, out), axis_name)
     denom = jnp.maximum(out['weight_sum'], 1.0)

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import optax
 
 from llm_jax import config as config_lib
@@ -54,7 +55,7 @@ def test_decay_mask_skips_norms_biases_and_optionally_embeddings():
   assert optim.decay_mask(params, t)['token_embed']['embedding'] is False
 
 
-def _state_and_step(micro_batches, dropout=0.0):
+def _state_and_step(micro_batches, dropout=0.0, mode='scan'):
   config = config_lib.from_file('configs/default.py')
   config.model.num_layers, config.model.emb_dim, config.data.seq_len = 1, 32, 16
   config.model.dropout_rate = dropout
@@ -66,7 +67,7 @@ def _state_and_step(micro_batches, dropout=0.0):
   batch = jax.tree.map(jnp.asarray, batch)
   state = step_lib.init_state(model, opt, 0, batch)
   fn = step_lib.make_train_step(model, opt, lr, objective='causal_lm', z_loss=0.0,
-                                micro_batches=micro_batches, dropout=dropout > 0)
+                                micro_batches=micro_batches, dropout=dropout > 0, micro_batch_mode=mode)
   return state, jax.jit(fn), batch
 
 
@@ -78,6 +79,21 @@ def test_gradient_accumulation_equals_one_big_batch():
   np.testing.assert_allclose(m1['train_loss'], m4['train_loss'], rtol=1e-5)
   np.testing.assert_allclose(m1['grad_norm'], m4['grad_norm'], rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), s1.params, s4.params)
+
+
+@pytest.mark.parametrize('dropout', [0.0, 0.3])
+def test_parallel_micro_batches_equal_scanned_ones(dropout):
+  # The unrolled accumulation draws the same dropout masks and adds the same gradients
+  # in the same order as the scan, so both give one update.
+  state, scanned, batch = _state_and_step(4, dropout)
+  _, parallel, _ = _state_and_step(4, dropout, mode='parallel')
+  s_s, m_s = scanned(state, batch)
+  s_p, m_p = parallel(state, batch)
+  np.testing.assert_allclose(m_s['train_loss'], m_p['train_loss'], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), s_s.params, s_p.params)
+  if dropout:  # and the masks really differ between micro-batches: not one mask reused
+    _, m_1 = _state_and_step(1, dropout)[1](state, batch)
+    assert float(m_1['train_loss']) != float(m_p['train_loss'])
 
 
 def test_dropout_mask_is_a_function_of_seed_and_step():
