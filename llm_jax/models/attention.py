@@ -9,27 +9,50 @@ combines causality, padding and document (segment) boundaries. ``dropout`` is a
 function applied to the attention probabilities, or None. ``causal`` says the mask
 hides every key after its query (so blocks above the diagonal are empty) and
 ``block`` is the tile size a kernel may use to skip them; kernels that do not skip
-ignore both. Logits and softmax run in
-float32 whatever the compute dtype; the output has q's dtype.
+ignore both. Logits and softmax run in float32 whatever the compute dtype; the
+output has q's dtype.
 
-Kernels register themselves with ``@register``; ``get(name)`` checks that the name
-exists and runs on the current platform, with an error that lists what does.
+  xla          plain einsums: the reference every other kernel is tested against
+  blocked      skips the key blocks after each causal query block (fast on CPU)
+  dot_product  jax.nn.dot_product_attention, implementation='xla'
+  cudnn        cuDNN flash attention (GPU; bfloat16/float16, H a multiple of 8)
+  splash       Pallas splash attention (TPU; causal self-attention, T a multiple of 128)
+  auto         picks one of the above at trace time from the platform and the operands
+
+Kernels register themselves with ``@register``: the platforms they run on, whether
+they take attention dropout, and for kernels that need more than a platform (a
+dtype, a head dim) a ``check`` saying what they need and what is unmet. ``get``
+refuses a name that does not exist or run here; ``unsupported`` is the one-line
+error config validation raises before anything compiles.
 """
 
-from typing import Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
 Kernel = Callable[..., jax.Array]
-_KERNELS: dict[str, tuple[Kernel, tuple[str, ...], bool]] = {}
+# check(platform, dtype, head_dim, seq_lens) -> (what the kernel needs, in words; the needs unmet here)
+Check = Callable[[str, Any, int, Sequence[int]], tuple[str, list[str]]]
+
+
+class _Entry(NamedTuple):
+  fn: Kernel
+  platforms: tuple[str, ...]
+  supports_dropout: bool
+  check: Optional[Check]
+
+
+_KERNELS: dict[str, _Entry] = {}
+_FALLBACK = "Use attention_kernel='auto' to fall back, or 'blocked'/'xla'."
 
 
 def register(name: str, platforms: tuple[str, ...] = ('cpu', 'gpu', 'tpu'),
-             supports_dropout: bool = False):
+             supports_dropout: bool = False, check: Optional[Check] = None):
   """Registers a kernel under ``name`` for the given JAX platforms."""
   def wrap(fn: Kernel) -> Kernel:
-    _KERNELS[name] = (fn, platforms, supports_dropout)
+    _KERNELS[name] = _Entry(fn, platforms, supports_dropout, check)
     return fn
   return wrap
 
@@ -39,7 +62,7 @@ def names() -> tuple[str, ...]:
 
 
 def supports_dropout(name: str) -> bool:
-  return _KERNELS[name][2]
+  return _KERNELS[name].supports_dropout
 
 
 def get(name: str, platform: Optional[str] = None) -> Kernel:
@@ -47,14 +70,45 @@ def get(name: str, platform: Optional[str] = None) -> Kernel:
   if name not in _KERNELS:
     raise ValueError(f'config.model.attention_kernel={name!r} is unknown; '
                      f'choose one of {", ".join(names())}.')
-  fn, platforms, _ = _KERNELS[name]
   platform = platform or jax.default_backend()
-  if platform not in platforms:
-    ok = sorted(n for n, (_, p, _) in _KERNELS.items() if platform in p)
-    raise ValueError(f'config.model.attention_kernel={name!r} runs on {"/".join(platforms)}, '
-                     f'not on {platform}; use one of {", ".join(ok)} here.')
-  return fn
+  if platform not in _KERNELS[name].platforms:
+    raise ValueError(_wrong_platform(name, platform))
+  return _KERNELS[name].fn
 
+
+def unsupported(name: str, *, dtype, head_dim: int, seq_len: int,
+                platform: Optional[str] = None) -> Optional[str]:
+  """None if kernel ``name`` runs here at this compute dtype and shape, else why, in one line."""
+  platform = platform or jax.default_backend()
+  if _KERNELS[name].check is None:
+    return None if platform in _KERNELS[name].platforms else _wrong_platform(name, platform)
+  return _needs_message(name, platform, dtype, head_dim, seq_len)
+
+
+def _needs_message(name, platform, dtype, head_dim, seq_len=None) -> Optional[str]:
+  needs, unmet = _KERNELS[name].check(platform, dtype, head_dim, () if seq_len is None else (seq_len,))
+  if not unmet:
+    return None
+  here = f'{platform}, {jnp.dtype(dtype).name}, head_dim {head_dim}'
+  here += '' if seq_len is None else f', seq_len {seq_len}'
+  return f'config.model.attention_kernel={name!r} needs {needs}; here: {here}. {_FALLBACK}'
+
+
+def _wrong_platform(name: str, platform: str) -> str:
+  entry = _KERNELS[name]
+  needs = f'; it needs {entry.check(platform, jnp.float32, 0, ())[0]}' if entry.check else ''
+  ok = sorted(n for n, e in _KERNELS.items() if platform in e.platforms)
+  return (f'config.model.attention_kernel={name!r} runs on {"/".join(entry.platforms)}, not on '
+          f'{platform}{needs}. Use one of {", ".join(ok)} here.')
+
+
+def _no_dropout(name: str, dropout) -> None:
+  if dropout is not None:
+    raise ValueError(f'config.model.attention_kernel={name!r} has no attention dropout; set '
+                     'attention_dropout_rate=0 or use attention_kernel=auto, blocked or xla.')
+
+
+# ----------------------------------------------------------------------------- einsum kernels
 
 @register('xla', supports_dropout=True)
 def xla_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
@@ -82,6 +136,11 @@ def xla_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
   return out.reshape(b, n, t, h).transpose(0, 2, 1, 3)
 
 
+def _blocks(causal: bool, t: int, s: int, block: int) -> bool:
+  """Whether 'blocked' really tiles: causal self-attention, T a multiple of a block < T."""
+  return causal and t == s and 0 < block < t and t % block == 0
+
+
 @register('blocked', supports_dropout=True)
 def blocked_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=64):
   """Causal attention that skips the key blocks after each query block.
@@ -92,7 +151,7 @@ def blocked_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=6
   is not causal, for a cache (T != S), or when T is not a multiple of ``block``.
   """
   t, s = q.shape[1], k.shape[1]
-  if not causal or t != s or block <= 0 or t <= block or t % block:
+  if not _blocks(causal, t, s, block):
     return xla_attention(q, k, v, mask=mask, dropout=dropout)
   outs = []
   for i in range(t // block):
@@ -102,12 +161,190 @@ def blocked_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=6
   return jnp.concatenate(outs, axis=1)
 
 
-def _jax_nn(implementation):
-  def kernel(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
-    del dropout, causal, block  # config validation rejects attention dropout for these kernels
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
-  return kernel
+# ----------------------------------------------------------------------------- jax.nn kernels
+
+@register('dot_product')
+def dot_product_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
+  """``jax.nn.dot_product_attention`` with XLA's own implementation (any platform)."""
+  del causal, block
+  _no_dropout('dot_product', dropout)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='xla')
 
 
-register('dot_product')(_jax_nn('xla'))
-register('cudnn', platforms=('gpu',))(_jax_nn('cudnn'))
+def _cudnn_max_head_dim(platform: str) -> int:
+  """The installed jax's cuDNN limit: 256 from Hopper (compute capability 9.0) on, else 128."""
+  if platform == 'gpu':
+    try:
+      major_minor = tuple(int(x) for x in jax.devices('gpu')[0].compute_capability.split('.'))
+      return 256 if major_minor >= (9, 0) else 128
+    except (RuntimeError, AttributeError, ValueError):
+      pass
+  return 128
+
+
+def _cudnn_check(platform, dtype, head_dim, seq_lens):
+  """cuDNN flash attention: a GPU, 16-bit floats, H % 8 == 0 and H ≤ 128 (256 on Hopper+).
+
+  The mask reaches cuDNN as a bias, and with a bias its backward pass needs even
+  lengths; ``seq_lens`` are the lengths to check (none where there is no mask).
+  """
+  h_max = _cudnn_max_head_dim(platform)
+  limit = f'≤ {h_max}' if platform == 'gpu' else '≤ 128 (≤ 256 on Hopper or newer)'
+  needs = f'a GPU, bfloat16 compute, head_dim a multiple of 8 {limit} and an even seq_len'
+  unmet = []
+  if platform != 'gpu':
+    unmet.append(f'a GPU (here {platform})')
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    unmet.append(f'bfloat16 or float16 compute (here {jnp.dtype(dtype).name})')
+  if head_dim % 8 or head_dim > h_max:
+    unmet.append(f'head_dim a multiple of 8 ≤ {h_max} (here {head_dim})')
+  odd = [str(n) for n in seq_lens if n % 2]
+  if odd:
+    unmet.append(f'even sequence lengths with a mask (here {", ".join(odd)})')
+  return needs, unmet
+
+
+@register('cudnn', platforms=('gpu',), check=_cudnn_check)
+def cudnn_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
+  """cuDNN flash attention through ``jax.nn.dot_product_attention``; the mask goes in as a bias.
+
+  Checks dtype and head dim while tracing, so an unsupported combination fails with
+  the kernel's requirements rather than deep inside jax.
+  """
+  del causal, block
+  _no_dropout('cudnn', dropout)
+  message = _needs_message('cudnn', jax.default_backend(), q.dtype, q.shape[-1])
+  if message:
+    raise ValueError(message)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='cudnn')
+
+
+# ----------------------------------------------------------------------------- splash (TPU)
+
+def _splash_check(platform, dtype, head_dim, seq_lens):
+  """Splash attention: a TPU, and T (= S) a multiple of 128, the kernel's smallest key tile."""
+  del dtype, head_dim
+  unmet = [] if platform == 'tpu' else [f'a TPU (here {platform})']
+  off = [str(n) for n in seq_lens if n % 128]
+  if off:
+    unmet.append(f'a sequence length that is a multiple of 128 (here {", ".join(off)})')
+  return 'a TPU and seq_len a multiple of 128', unmet
+
+
+def segment_ids_from_mask(mask: jax.Array) -> jax.Array:
+  """Self-attention mask [B, 1, T, T] -> segment ids [B, T] int32 for splash's ``SegmentIds``.
+
+  A query's id is 1 + the index of the first key it may see (its document's first
+  token), or 0 for a padding query that sees nothing. Splash's rule "same id, and
+  causal by index" then gives back the mask exactly wherever positions increase with
+  the index inside each document, which is how ``layers.attention_mask`` describes a
+  packed row; padding queries attend to padding keys, so no row of splash's softmax
+  is empty. XLA can fuse the reduction into the mask's construction, so the [T, T]
+  mask need not be stored.
+  """
+  m = mask[:, 0]
+  return jnp.where(m.any(axis=-1), jnp.argmax(m, axis=-1) + 1, 0).astype(jnp.int32)
+
+
+@register('splash', platforms=('tpu',), check=_splash_check)
+def splash_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0, interpret=False):
+  """Pallas splash attention (``jax.experimental.pallas.ops.tpu.splash_attention``) on TPU.
+
+  For causal self-attention: q is scaled by H^-0.5 (splash does not scale) and laid
+  out head-major, one ``make_splash_mha`` kernel over [N, T, H] with a ``CausalMask``
+  is vmapped over the batch, kv heads stay [K, S, H] (splash maps query head n to kv
+  head n // G itself) and packed documents and padding arrive as ``SegmentIds``
+  recovered from the mask (``segment_ids_from_mask``). Tiles are the largest of 512,
+  256, 128 that divide T; ``block`` (the 'blocked' kernel's CPU tile) is not used.
+  Decoding with a KV cache (T != S) and non-causal masks run ``xla_attention``.
+  ``interpret=True`` runs the Pallas kernel in interpret mode on any platform (tests).
+  The kernel is a custom call XLA cannot partition: inputs sharded over batch or heads
+  are gathered to every device (correct, not fast) until it runs inside a shard_map.
+  """
+  del block
+  _no_dropout('splash', dropout)
+  _, t, n, h = q.shape
+  if not causal or t != k.shape[1]:
+    return xla_attention(q, k, v, mask=mask)
+  platform = 'tpu' if interpret else jax.default_backend()
+  if platform != 'tpu':
+    raise ValueError(_wrong_platform('splash', platform))
+  message = _needs_message('splash', platform, q.dtype, h, t)
+  if message:
+    raise ValueError(message)
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash  # TPU-only module, imported here
+  tile = next(size for size in (512, 256, 128) if t % size == 0)
+  sizes = splash.BlockSizes(block_q=tile, block_kv=tile, block_kv_compute=tile,
+                            block_q_dkv=tile, block_kv_dkv=tile, block_kv_dkv_compute=tile,
+                            block_q_dq=tile, block_kv_dq=tile)
+  kernel = splash.make_splash_mha(splash.MultiHeadMask([splash.CausalMask((t, t))] * n),
+                                  block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+  qh = (q * h ** -0.5).transpose(0, 2, 1, 3)
+  kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  if mask is None:
+    out = jax.vmap(kernel)(qh, kh, vh)
+  else:
+    ids = segment_ids_from_mask(mask)
+    out = jax.vmap(lambda q, k, v, i: kernel(q, k, v, segment_ids=splash.SegmentIds(q=i, kv=i)))(
+        qh, kh, vh, ids)
+  return out.transpose(0, 2, 1, 3).astype(q.dtype)
+
+
+# ----------------------------------------------------------------------------- auto
+
+class Choice(NamedTuple):
+  name: str        # the kernel 'auto' runs
+  reason: str      # why, for the log
+  fallback: bool   # the platform's fast kernel (cudnn, splash) could not take these operands
+
+
+def choose(q, k, *, mask=None, dropout=None, causal=False, block=64,
+           platform: Optional[str] = None) -> Choice:
+  """The kernel for these operands: cudnn on GPU, splash on TPU, else blocked or xla.
+
+  Only kernels with attention dropout are picked when ``dropout`` is given.
+  """
+  platform = platform or jax.default_backend()
+  t, s, h = q.shape[1], k.shape[1], q.shape[-1]
+  fast = {'gpu': 'cudnn', 'tpu': 'splash'}.get(platform)
+  missed = None
+  if fast and dropout is not None:
+    missed = f'{fast} has no attention dropout'
+  elif fast == 'cudnn':
+    _, unmet = _cudnn_check(platform, q.dtype, h, (t, s) if mask is not None else ())
+    if not unmet:
+      return Choice('cudnn', f'{jnp.dtype(q.dtype).name}, head_dim {h}', False)
+    missed = 'cudnn needs ' + ', '.join(unmet)
+  elif fast == 'splash':
+    _, unmet = _splash_check(platform, q.dtype, h, (t,))
+    if not causal or t != s:
+      unmet.insert(0, f'causal self-attention (here causal={causal}, T={t}, S={s})')
+    if not unmet:
+      return Choice('splash', f'causal, T={t} a multiple of 128', False)
+    missed = 'splash needs ' + ', '.join(unmet)
+  if _blocks(causal, t, s, block):
+    name, why = 'blocked', f'causal, T={t} a multiple of attention_block={block}'
+  elif not causal:
+    name, why = 'xla', 'attention is not causal'
+  elif t != s:
+    name, why = 'xla', f'T={t} != S={s} (a KV cache)'
+  elif block <= 0 or t <= block:
+    name, why = 'xla', f'T={t} fits in one attention_block={block}'
+  else:
+    name, why = 'xla', f'T={t} is not a multiple of attention_block={block}'
+  return Choice(name, missed or why, missed is not None)
+
+
+_LOGGED: set[str] = set()
+
+
+@register('auto', supports_dropout=True)
+def auto_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=64):
+  """Runs ``choose``'s kernel, logging each distinct choice once (a warning when it falls back)."""
+  platform = jax.default_backend()
+  choice = choose(q, k, mask=mask, dropout=dropout, causal=causal, block=block, platform=platform)
+  message = f'attention_kernel=auto on {platform}: {choice.reason}, using {choice.name}'
+  if message not in _LOGGED:
+    _LOGGED.add(message)
+    (logging.warning if choice.fallback else logging.info)(message)
+  return _KERNELS[choice.name].fn(q, k, v, mask=mask, dropout=dropout, causal=causal, block=block)
