@@ -48,9 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
   m.use_bias = False              # biases in dense layers and LayerNorm
   m.tie_embeddings = True         # output projection = token embedding transposed
   m.attention_kernel = 'blocked'  # 'xla' (reference) | 'blocked' (skips masked blocks) | 'dot_product' | 'cudnn' (GPU)
+                                  # | 'splash' (TPU) | 'auto' (best for the platform; see llm_jax/models/attention.py)
   m.attention_block = 64          # query/key tile of the 'blocked' kernel
   m.dtype = 'float32'             # compute dtype: 'float32' | 'bfloat16'; params stay float32
-  m.remat = 'none'                # per-block gradient checkpointing: none|full|dots|dots_no_batch
+  m.remat = 'none'                # per-block gradient checkpointing: none|full|dots|dots_no_batch|save_named
+  m.remat_names = 'qkv,attn_context'  # remat='save_named': activations kept, from qkv, attn_context,
+                                  # attn_out, mlp_hidden, mlp_out (see llm_jax/models/layers.py)
   m.scan_layers = False           # nn.scan over layers (flat compile time in depth)
   m.init_std = 0.02               # std of the normal initializer
 
@@ -93,6 +96,8 @@ def base_config() -> ml_collections.ConfigDict:
   t.decay_embeddings = True       # ... to embedding tables
   t.grad_clip = 1.0               # global-norm clipping (0: off)
   t.z_loss = 0.0                  # weight of log(Z)^2 (PaLM); 0: off
+  t.loss_chunk_size = 0           # >0: output projection + loss over this many positions of every row at a
+                                  # time (no [B,T,V] logits; a last shorter slice if it does not divide T); 0: off
   t.nonfinite = 'abort'           # NaN/Inf loss, grad or param norm: 'abort' (exit 3, no save) | 'skip' (drop the update)
 
   c.eval = ml_collections.ConfigDict()
@@ -158,6 +163,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _one_of('model.norm_placement', m.norm_placement, ('pre', 'post'))
   _one_of('model.dtype', m.dtype, DTYPES)
   _one_of('model.remat', m.remat, transformer.REMAT_POLICIES)
+  names = remat_names(m)
+  if m.remat == 'save_named' and (not names or not set(names) <= set(layers.CHECKPOINT_NAMES)):
+    raise ConfigError(f'config.model.remat_names={m.remat_names!r} must name activations from '
+                      f'{", ".join(layers.CHECKPOINT_NAMES)} (comma-separated).')
+  if t.loss_chunk_size < 0:
+    raise ConfigError(f'config.train.loss_chunk_size={t.loss_chunk_size} must be >= 0 (0: off).')
   _one_of('model.attention_kernel', m.attention_kernel, attention_kernels.names())
   _one_of('train.schedule', t.schedule, ('cosine', 'linear', 'constant'))
   _one_of('parallelism', config.parallelism, ('jit', 'pmap'))
@@ -176,7 +187,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
                       f'positions; raise max_len or lower seq_len.')
   if m.attention_dropout_rate > 0 and not attention_kernels.supports_dropout(m.attention_kernel):
     raise ConfigError(f'config.model.attention_kernel={m.attention_kernel!r} has no attention dropout; '
-                      f'set config.model.attention_dropout_rate=0 or use attention_kernel=xla.')
+                      f'set config.model.attention_dropout_rate=0 or use attention_kernel=auto, blocked or xla.')
+  kernel_problem = attention_kernels.unsupported(m.attention_kernel, dtype=DTYPES[m.dtype], head_dim=head_dim,
+                                                 seq_len=d.seq_len)
+  if kernel_problem:  # platform, dtype, head dim or length the kernel cannot take (cudnn, splash)
+    raise ConfigError(kernel_problem)
   if not 0 <= m.dropout_rate < 1 or not 0 <= m.attention_dropout_rate < 1:
     raise ConfigError('config.model.dropout_rate and attention_dropout_rate must be in [0, 1).')
   _one_of('data.tokenizer', d.tokenizer, ('char', 'byte', 'sentencepiece'))
@@ -219,6 +234,11 @@ def _validate_checkpoint(config: ml_collections.ConfigDict) -> None:
                       f'make it one.')
 
 
+def remat_names(model: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """config.model.remat_names ('qkv,attn_context') as a tuple of names."""
+  return tuple(n.strip() for n in model.remat_names.split(',') if n.strip())
+
+
 def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides) -> layers.TransformerConfig:
   """The model's frozen dataclass from the experiment config (after ``validate``)."""
   m = config.model
@@ -244,6 +264,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides
       attention_block=m.attention_block,
       dtype=DTYPES[m.dtype],
       remat=m.remat,
+      remat_names=remat_names(m),
       scan_layers=m.scan_layers,
       init_std=m.init_std,
   )

@@ -4,6 +4,26 @@ Modules take a ``TransformerConfig`` (a frozen dataclass of model fields, never 
 experiment config). Parameters are created in float32 with logical axis names
 (see ``axes``); computation runs in ``cfg.dtype``; norms, softmax and the loss run
 in float32.
+
+Activations a remat policy may keep (``jax.ad_checkpoint.checkpoint_name``; see
+``transformer.REMAT_POLICIES['save_named']``), per block:
+
+  qkv           query [B,T,N,H], key and value [B,T,K,H]: the attention kernel's
+                inputs (after RoPE); saving them spares the three projections
+  attn_context  the kernel's output [B,T,N,H], input of the output projection
+  attn_out      the attention branch's output [B,T,D]; with pre-LN it spares
+                recomputing the attention to rebuild the MLP branch's input
+  mlp_hidden    the MLP's pre-activation hidden layer, [B·T,F] in the fused MLP,
+                [B,T,F] with biases, SwiGLU's gate and up [B,T,F] each; the
+                activation is recomputed from it, the up-projection is not
+  mlp_out       the MLP branch's output [B,T,D]; only post-LN needs it (its norm
+                follows the residual add), pre-LN keeps the block's output anyway
+
+A policy saves a named activation only where the backward pass needs it. The fused
+MLP has a hand-written backward pass (``jax.custom_vjp``): its name sits in the
+forward rule, whose operations ``jax.checkpoint`` sees once it differentiates. The
+norms' residuals carry no name (they are cheap to recompute). A name is the
+identity: without remat it changes nothing in the compiled program.
 """
 
 import dataclasses
@@ -13,9 +33,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from llm_jax.models import attention as attention_kernels
 from llm_jax.models import axes
+
+CHECKPOINT_NAMES = ('qkv', 'attn_context', 'attn_out', 'mlp_hidden', 'mlp_out')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +65,8 @@ class TransformerConfig:
   attention_kernel: str = 'xla'
   attention_block: int = 64       # tile size of the 'blocked' kernel
   dtype: Any = jnp.float32        # compute dtype; parameters stay float32
-  remat: str = 'none'             # 'none' | 'full' | 'dots' | 'dots_no_batch'
+  remat: str = 'none'             # a transformer.REMAT_POLICIES name: 'none' | 'full' | 'dots' | ...
+  remat_names: tuple[str, ...] = ()  # remat='save_named': which CHECKPOINT_NAMES to keep
   scan_layers: bool = False
   init_std: float = 0.02
   causal: bool = True
@@ -95,6 +119,10 @@ class Embed(nn.Module):
   def attend(self, x):
     """x[B,T,D] -> logits[B,T,V]."""
     return dense(x, self.embedding.astype(x.dtype).T)
+
+  def projection(self):
+    """The tied output projection [D, V], float32 (what ``attend`` multiplies by)."""
+    return self.embedding.T
 
 
 # ----------------------------------------------------------------------------- positions
@@ -237,7 +265,8 @@ def _up_act_down(act):
   """
   def forward(x, w1, w2):
     x2 = x.reshape(-1, x.shape[-1])
-    h, a = jax.lax.optimization_barrier((x2 @ w1, act(x2 @ w1)))
+    h = checkpoint_name(x2 @ w1, 'mlp_hidden')
+    h, a = jax.lax.optimization_barrier((h, act(h)))
     return (a @ w2).reshape(x.shape), (x2, w1, w2, h, a)
 
   def backward(res, g):
@@ -277,18 +306,19 @@ class Mlp(nn.Module):
       up, gate = dense(x, wi), dense(x, wg)
       if cfg.use_bias:
         up, gate = up + bias('wi_bias', f, axes.MLP), gate + bias('wi_gate_bias', f, axes.MLP)
+      up, gate = checkpoint_name(up, 'mlp_hidden'), checkpoint_name(gate, 'mlp_hidden')
       h = nn.with_logical_constraint(jax.nn.silu(gate) * up, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_MLP))
       y = dense(h, wo)
     elif cfg.use_bias:
       act = ACTIVATIONS[cfg.mlp_activation]
-      h = act(dense(x, wi) + bias('wi_bias', f, axes.MLP))
+      h = act(checkpoint_name(dense(x, wi) + bias('wi_bias', f, axes.MLP), 'mlp_hidden'))
       h = nn.with_logical_constraint(h, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_MLP))
       y = dense(h, wo)
     else:
       y = _FUSED_MLP[cfg.mlp_activation](x, wi, wo)
     if cfg.use_bias:
       y = y + bias('wo_bias', d, axes.EMBED)
-    return y
+    return checkpoint_name(y, 'mlp_out')
 
 
 # ----------------------------------------------------------------------------- attention
@@ -336,6 +366,7 @@ class Attention(nn.Module):
     if rotate is not None:
       q = rotate(q, positions, cfg.rope_theta)
       key = rotate(key, positions, cfg.rope_theta)
+    q, key, value = (checkpoint_name(y, 'qkv') for y in (q, key, value))
     q = nn.with_logical_constraint(q, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_HEADS, axes.ACT_KV))
 
     kv_segment_ids, kv_positions = segment_ids, positions
@@ -350,6 +381,7 @@ class Attention(nn.Module):
     kernel = attention_kernels.get(cfg.attention_kernel)
     out = kernel(q, key, value, mask=mask, dropout=dropout, causal=cfg.causal and not cfg.decode,
                  block=cfg.attention_block)
+    out = checkpoint_name(out, 'attn_context')
 
     wo = param_with_axes(self, 'out', _normal(_out_std(cfg)), (n, h, d),
                          (axes.HEADS, axes.KV, axes.EMBED)).astype(cfg.dtype)
@@ -357,7 +389,7 @@ class Attention(nn.Module):
     if cfg.use_bias:
       y = y + param_with_axes(self, 'out_bias', nn.initializers.zeros, (d,),
                               (axes.EMBED,)).astype(cfg.dtype)
-    return y
+    return checkpoint_name(y, 'attn_out')
 
   def _update_cache(self, key, value, segment_ids, positions):
     cfg = self.cfg

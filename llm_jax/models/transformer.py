@@ -4,8 +4,20 @@
 encoder-decoder kinds reuse ``Block`` with ``causal=False`` and cross-attention.
 
 Contract of every LM: ``apply(variables, inputs[B,T] int32, positions[B,T],
-segment_ids[B,T], deterministic=...) -> logits[B,T,V] float32``.
+segment_ids[B,T], deterministic=...) -> logits[B,T,V] float32``; with
+``return_hidden=True`` it returns ``(hidden[B,T,D] cfg.dtype, w[D,V] float32)``
+instead, the final hidden states and the output projection, so a loss can form the
+logits a slice at a time (``objectives``, ``train.loss_chunk_size``).
+
+Remat (``cfg.remat``, per block) keeps what its policy names saveable and recomputes
+the rest in the backward pass: 'full' nothing, 'dots' every matrix product,
+'dots_no_batch' those without batch dimensions, 'save_named' the activations named
+in ``cfg.remat_names`` (``layers.CHECKPOINT_NAMES``: qkv, attn_context, attn_out,
+mlp_hidden, mlp_out; see ``layers``). Every policy gives the plain path's values
+and gradients.
 """
+
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -15,11 +27,21 @@ from llm_jax.models import axes
 from llm_jax.models import layers
 from llm_jax.models.layers import TransformerConfig
 
-REMAT_POLICIES = {
+
+def _save_named(names: tuple[str, ...]):
+  if not names or set(names) - set(layers.CHECKPOINT_NAMES):
+    raise ValueError(f"remat='save_named' keeps activations named from {', '.join(layers.CHECKPOINT_NAMES)}; "
+                     f'got {names!r}.')
+  return jax.checkpoint_policies.save_only_these_names(*names)
+
+
+# name -> (remat_names -> checkpoint policy); 'none' turns remat off.
+REMAT_POLICIES: dict[str, Optional[Callable[[tuple[str, ...]], Any]]] = {
     'none': None,
-    'full': jax.checkpoint_policies.nothing_saveable,
-    'dots': jax.checkpoint_policies.checkpoint_dots,
-    'dots_no_batch': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    'full': lambda names: jax.checkpoint_policies.nothing_saveable,
+    'dots': lambda names: jax.checkpoint_policies.checkpoint_dots,
+    'dots_no_batch': lambda names: jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    'save_named': _save_named,
 }
 
 
@@ -62,8 +84,10 @@ def stack_blocks(cfg: TransformerConfig, x, positions, segment_ids, deterministi
   'layers' axis of size L.
   """
   block_cls = _ScanBlock if cfg.scan_layers else Block
-  if cfg.remat != 'none':
-    block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[cfg.remat],
+  if cfg.remat not in REMAT_POLICIES:
+    raise ValueError(f'remat={cfg.remat!r} is unknown; choose one of {", ".join(REMAT_POLICIES)}.')
+  if REMAT_POLICIES[cfg.remat] is not None:
+    block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[cfg.remat](cfg.remat_names),
                          prevent_cse=not cfg.scan_layers, static_argnums=(4,))
   if cfg.scan_layers:
     scanned = nn.scan(block_cls, variable_axes={'params': 0, 'cache': 0},
@@ -78,12 +102,36 @@ def stack_blocks(cfg: TransformerConfig, x, positions, segment_ids, deterministi
   return x
 
 
+def to_scanned(params: dict) -> dict:
+  """Unrolled parameters ('layer_0' .. 'layer_{L-1}') in the scanned layout: one
+  'layers' subtree whose leaves stack the L layers' leaves on a new leading axis.
+  Other entries, and parameters already scanned, pass through."""
+  count = sum(1 for k in params if k.startswith('layer_'))
+  if not count:
+    return params
+  out = {k: v for k, v in params.items() if not k.startswith('layer_')}
+  out['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f'layer_{i}'] for i in range(count)])
+  return out
+
+
+def to_unrolled(params: dict) -> dict:
+  """The inverse of ``to_scanned``: 'layers' (leading axis L) as 'layer_0' .. 'layer_{L-1}'."""
+  if 'layers' not in params:
+    return params
+  out = {k: v for k, v in params.items() if k != 'layers'}
+  count = jax.tree.leaves(params['layers'])[0].shape[0]
+  for i in range(count):
+    out[f'layer_{i}'] = jax.tree.map(lambda x, i=i: x[i], params['layers'])
+  return out
+
+
 class DecoderLM(nn.Module):
-  """GPT-style causal language model."""
+  """GPT-style causal language model (contract in the module docstring)."""
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, inputs, positions=None, segment_ids=None, deterministic: bool = True):
+  def __call__(self, inputs, positions=None, segment_ids=None, deterministic: bool = True,
+               return_hidden: bool = False):
     cfg = self.cfg
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(inputs.shape[1], dtype=jnp.int32), inputs.shape)
@@ -98,11 +146,15 @@ class DecoderLM(nn.Module):
     x = stack_blocks(cfg, x, positions, segment_ids, deterministic)
     if cfg.norm_placement == 'pre':
       x = layers.NORMS[cfg.norm](cfg, name='final_norm')(x)
+    if not cfg.tie_embeddings:
+      w = layers.param_with_axes(self, 'lm_head', nn.initializers.normal(cfg.init_std),
+                                 (cfg.emb_dim, cfg.vocab_size), (axes.EMBED, axes.VOCAB))
+    if return_hidden:
+      x = nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_EMBED))
+      return x, embed.projection() if cfg.tie_embeddings else w
     if cfg.tie_embeddings:
       logits = embed.attend(x)
     else:
-      w = layers.param_with_axes(self, 'lm_head', nn.initializers.normal(cfg.init_std),
-                                 (cfg.emb_dim, cfg.vocab_size), (axes.EMBED, axes.VOCAB))
       logits = layers.dense(x, w.astype(cfg.dtype))
     logits = nn.with_logical_constraint(logits, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_VOCAB))
     return logits.astype(jnp.float32)

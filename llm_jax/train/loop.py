@@ -105,10 +105,11 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, dataset=None)
       step_lib.make_train_step(model, optimizer, lr_schedule, objective=objective,
                                z_loss=config.train.z_loss, micro_batches=config.train.micro_batches,
                                micro_batch_mode=config.train.micro_batch_mode,
+                               loss_chunk_size=config.train.loss_chunk_size,
                                dropout=model_cfg.dropout_rate > 0 or model_cfg.attention_dropout_rate > 0,
                                axis_name=pmap_step.AXIS if pmap else None),
       config.train.nonfinite)
-  eval_fn = step_lib.make_eval_step(model, objective=objective)
+  eval_fn = step_lib.make_eval_step(model, objective=objective, loss_chunk_size=config.train.loss_chunk_size)
   if pmap:
     train_step, eval_step = pmap_step.compile_steps(train_fn, eval_fn, shardings)
   else:

@@ -7,14 +7,31 @@ sharded batches can divide once by the total weight of the full batch:
 
 ``loss_sum`` is what is differentiated; ``nll_sum / weight_sum`` is the reported
 cross-entropy (nats per target token).
+
+An objective may also have a memory-lean chunked form (``get(name, chunk_size=N)``,
+``config.train.loss_chunk_size``) on the model's final hidden states and output
+projection (``apply(..., return_hidden=True)``) instead of its logits:
+
+  chunked((hidden[B,T,D], w[D,V] float32), batch, z_loss) -> the same dict
+
+It forms the logits of N positions of every row at a time, so float32 logits of
+more than B·N·V never exist, in the forward pass or the backward one. Same sums
+and the same gradient of ``loss_sum`` as the plain form up to float rounding;
+``nll_sum`` and ``weight_sum`` are reported, not differentiated (zero gradient).
 """
 
+import functools
 from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llm_jax.models import axes
+from llm_jax.models import layers
+
 _OBJECTIVES: dict[str, Callable] = {}
+_CHUNKED: dict[str, Callable] = {}
 
 
 def register(name: str):
@@ -24,22 +41,32 @@ def register(name: str):
   return wrap
 
 
-def get(name: str) -> Callable:
+def register_chunked(name: str):
+  """Registers the chunked form of objective ``name``: fn(outputs, batch, z_loss, *, chunk_size)."""
+  def wrap(fn):
+    _CHUNKED[name] = fn
+    return fn
+  return wrap
+
+
+def get(name: str, chunk_size: int = 0) -> Callable:
+  """Objective ``name`` on logits; with ``chunk_size`` > 0 its chunked form on (hidden, w)."""
   if name not in _OBJECTIVES:
     raise ValueError(f'objective {name!r} is unknown; choose one of {", ".join(sorted(_OBJECTIVES))}.')
-  return _OBJECTIVES[name]
+  if chunk_size <= 0:
+    return _OBJECTIVES[name]
+  if name not in _CHUNKED:
+    raise ValueError(f'objective {name!r} has no chunked form; set config.train.loss_chunk_size=0.')
+  return functools.partial(_CHUNKED[name], chunk_size=chunk_size)
 
 
-def token_cross_entropy(logits, targets, weights, z_loss: float = 0.0):
-  """Weighted token cross-entropy in float32, with PaLM's z-loss z·log(Z)².
-
-  Returns (loss_sum, nll_sum, weight_sum); positions with weight 0 (padding,
-  document crossings) contribute nothing.
-  """
-  logits = logits.astype(jnp.float32)
+def _log_z_and_nll(logits, targets):
   log_z = jax.nn.logsumexp(logits, axis=-1)
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  nll = log_z - target_logit
+  return log_z, log_z - target_logit
+
+
+def _weighted_sums(log_z, nll, weights, z_loss: float):
   weights = weights.astype(jnp.float32)
   nll_sum = jnp.sum(nll * weights)
   loss_sum = nll_sum
@@ -48,9 +75,134 @@ def token_cross_entropy(logits, targets, weights, z_loss: float = 0.0):
   return loss_sum, nll_sum, jnp.sum(weights)
 
 
+def token_cross_entropy(logits, targets, weights, z_loss: float = 0.0):
+  """Weighted token cross-entropy in float32, with PaLM's z-loss z·log(Z)².
+
+  Returns (loss_sum, nll_sum, weight_sum); positions with weight 0 (padding,
+  document crossings) contribute nothing.
+  """
+  log_z, nll = _log_z_and_nll(logits.astype(jnp.float32), targets)
+  return _weighted_sums(log_z, nll, weights, z_loss)
+
+
+# ----------------------------------------------------------------------------- chunked
+
+def _slice_terms(h, targets, weights, w, z_loss: float, grads: bool):
+  """One slice of n positions of every row: the three sums and, with ``grads``, the
+  gradients of loss_sum: d/dh [B,n,D] (h's dtype), d/dw [D,V] float32 and
+  d/dweights [B,n] (the per-token loss).
+
+  The logits are formed as in the model (``h · w`` in h's dtype, then float32); with
+  p = softmax(logits), d loss_sum / d logits = weights·((1 + 2z·log Z)·p - onehot(targets)).
+  """
+  logits = layers.dense(h, w.astype(h.dtype)).astype(jnp.float32)
+  logits = nn.with_logical_constraint(logits, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_VOCAB))
+  log_z, nll = _log_z_and_nll(logits, targets)
+  sums = _weighted_sums(log_z, nll, weights, z_loss)
+  if not grads:
+    return sums, None
+  probs = jnp.exp(logits - log_z[..., None])
+  if z_loss:
+    probs = probs * (1 + 2 * z_loss * log_z)[..., None]
+  onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
+  dlogits = (weights.astype(jnp.float32)[..., None] * (probs - onehot)).astype(h.dtype)
+  dlogits = nn.with_logical_constraint(dlogits, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_VOCAB))
+  dh = layers.dense(dlogits, w.astype(h.dtype).T)
+  dw = jax.lax.dot_general(h.reshape(-1, h.shape[-1]), dlogits.reshape(-1, dlogits.shape[-1]),
+                           (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  token_loss = nll + z_loss * jnp.square(log_z) if z_loss else nll
+  return sums, (dh, dw, token_loss)
+
+
+def _over_slices(h, w, targets, weights, z_loss: float, size: int, grads: bool):
+  """``_slice_terms`` over the T positions in slices of ``size``: a ``lax.scan`` over
+  the whole slices, then the remainder (T mod size positions) as one shorter slice.
+  Returns (sums, None) or (sums, (dh[B,T,D], dw[D,V], token_loss[B,T]))."""
+  b, t = targets.shape
+  whole, rest = divmod(t, size)
+  terms = functools.partial(_slice_terms, w=w, z_loss=z_loss, grads=grads)
+  sums = (jnp.zeros((), jnp.float32),) * 3
+  dw = jnp.zeros(w.shape, jnp.float32) if grads else None
+  pieces = []
+
+  def add(total, part):
+    return tuple(a + p for a, p in zip(total, part))
+
+  if whole:
+    def split(x):  # [B, whole·size, ...] -> [whole, B, size, ...]
+      return jnp.moveaxis(x[:, :whole * size].reshape(b, whole, size, *x.shape[2:]), 1, 0)
+
+    def body(carry, xs):
+      acc, acc_dw = carry
+      part, g = terms(*xs)
+      if not grads:
+        return (add(acc, part), acc_dw), None
+      dh, dw_part, token_loss = g
+      return (add(acc, part), acc_dw + dw_part), (dh, token_loss)
+
+    (sums, dw), ys = jax.lax.scan(body, (sums, dw), tuple(split(x) for x in (h, targets, weights)))
+    if grads:
+      pieces.append(tuple(jnp.moveaxis(y, 0, 1).reshape(b, whole * size, *y.shape[3:]) for y in ys))
+  if rest:
+    part, g = terms(h[:, whole * size:], targets[:, whole * size:], weights[:, whole * size:])
+    sums = add(sums, part)
+    if grads:
+      dh, dw_part, token_loss = g
+      dw = dw + dw_part
+      pieces.append((dh, token_loss))
+  if not grads:
+    return sums, None
+  dh, token_loss = (jnp.concatenate(p, axis=1) if len(pieces) > 1 else p[0] for p in zip(*pieces))
+  return sums, (dh, dw, token_loss)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _chunked_sums(h, w, targets, weights, z_loss, size):
+  return _over_slices(h, w, targets, weights, z_loss, size, grads=False)[0]
+
+
+def _chunked_sums_fwd(h, w, targets, weights, z_loss, size):
+  # The gradients are formed with the logits, slice by slice, and kept (dh is the
+  # size of h, dw of w): the backward pass needs no logits at all.
+  return _over_slices(h, w, targets, weights, z_loss, size, grads=True)
+
+
+def _chunked_sums_bwd(z_loss, size, residuals, cotangents):
+  del z_loss, size
+  dh, dw, token_loss = residuals
+  g = cotangents[0]  # nll_sum and weight_sum leave through stop_gradient: their cotangents are 0
+  return (g * dh).astype(dh.dtype), g * dw, None, g * token_loss
+
+
+_chunked_sums.defvjp(_chunked_sums_fwd, _chunked_sums_bwd)
+
+
+def chunked_token_cross_entropy(hidden, w, targets, weights, z_loss: float = 0.0, *, chunk_size: int):
+  """``token_cross_entropy(hidden · w, ...)`` over slices of ``chunk_size`` positions.
+
+  hidden[B,T,D] in the compute dtype, w[D,V] float32 (cast to hidden's dtype for the
+  product, as the model does), targets[B,T] int32, weights[B,T] float32. A T that
+  ``chunk_size`` does not divide ends in one shorter slice. The forward pass also
+  forms d loss_sum / d(hidden, w) slice by slice (a ``custom_vjp``), so the backward
+  pass recomputes nothing; nll_sum and weight_sum carry no gradient.
+  """
+  if chunk_size <= 0:
+    raise ValueError(f'chunk_size={chunk_size} must be positive.')
+  loss_sum, nll_sum, weight_sum = _chunked_sums(hidden, w, targets, weights, float(z_loss), int(chunk_size))
+  return loss_sum, jax.lax.stop_gradient(nll_sum), jax.lax.stop_gradient(weight_sum)
+
+
 @register('causal_lm')
 def causal_lm(logits, batch, z_loss: float = 0.0):
   loss_sum, nll_sum, weight_sum = token_cross_entropy(logits, batch['targets'], batch['weights'], z_loss)
+  return dict(loss_sum=loss_sum, nll_sum=nll_sum, weight_sum=weight_sum)
+
+
+@register_chunked('causal_lm')
+def causal_lm_chunked(outputs, batch, z_loss: float = 0.0, *, chunk_size: int):
+  hidden, w = outputs
+  loss_sum, nll_sum, weight_sum = chunked_token_cross_entropy(hidden, w, batch['targets'], batch['weights'],
+                                                              z_loss, chunk_size=chunk_size)
   return dict(loss_sum=loss_sum, nll_sum=nll_sum, weight_sum=weight_sum)
 
 

@@ -36,11 +36,12 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, seed: 
                     rng=jax.random.key_data(dropout_key))
 
 
-def _forward(model, params, batch, dropout_key, objective, z_loss):
-  logits = model.apply({'params': params}, batch['inputs'], batch['positions'], batch['segment_ids'],
-                       deterministic=dropout_key is None,
-                       rngs=None if dropout_key is None else {'dropout': dropout_key})
-  return objective(logits, batch, z_loss)
+def _forward(model, params, batch, dropout_key, objective, z_loss, chunked: bool):
+  """The objective's sums; a ``chunked`` objective takes (hidden, w) in place of logits."""
+  outputs = model.apply({'params': params}, batch['inputs'], batch['positions'], batch['segment_ids'],
+                        deterministic=dropout_key is None, return_hidden=chunked,
+                        rngs=None if dropout_key is None else {'dropout': dropout_key})
+  return objective(outputs, batch, z_loss)
 
 
 def _scan_accumulate(grads_of, params, split, base, micro_batches, dropout):
@@ -57,7 +58,7 @@ def _scan_accumulate(grads_of, params, split, base, micro_batches, dropout):
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, lr_schedule: Callable,
                     *, objective: str, z_loss: float, micro_batches: int, dropout: bool,
-                    axis_name: str | None = None, micro_batch_mode: str = 'scan'):
+                    axis_name: str | None = None, micro_batch_mode: str = 'scan', loss_chunk_size: int = 0):
   """Returns train_step(state, batch) -> (state, metrics).
 
   With micro_batches > 1 the batch is split along B and gradients of the summed loss
@@ -71,12 +72,16 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
   With ``axis_name`` (the pmap path) each device holds a slice of the batch; gradient
   and loss sums are all-reduced over that axis before the division (the token-weighted
   ``pmean`` of per-device gradients), so the update is the jit path's on the whole batch.
+
+  With ``loss_chunk_size`` N > 0 the model returns its final hidden states and output
+  projection and the objective's chunked form takes the loss N positions at a time
+  (``objectives``): no [B, T, V] logits, same update up to float rounding.
   """
-  objective_fn = objectives.get(objective)
+  objective_fn = objectives.get(objective, chunk_size=loss_chunk_size)
 
   def grads_of(params, batch, key):
     def loss_fn(p):
-      out = _forward(model, p, batch, key, objective_fn, z_loss)
+      out = _forward(model, p, batch, key, objective_fn, z_loss, loss_chunk_size > 0)
       return out['loss_sum'], out
     return jax.grad(loss_fn, has_aux=True)(params)
 
@@ -110,12 +115,13 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
   return train_step
 
 
-def make_eval_step(model: nn.Module, *, objective: str):
-  """Returns eval_step(params, batch) -> dict(nll_sum, weight_sum) (sums, for exact means)."""
-  objective_fn = objectives.get(objective)
+def make_eval_step(model: nn.Module, *, objective: str, loss_chunk_size: int = 0):
+  """Returns eval_step(params, batch) -> dict(nll_sum, weight_sum) (sums, for exact means);
+  ``loss_chunk_size`` as in ``make_train_step``."""
+  objective_fn = objectives.get(objective, chunk_size=loss_chunk_size)
 
   def eval_step(params, batch):
-    out = _forward(model, params, batch, None, objective_fn, 0.0)
+    out = _forward(model, params, batch, None, objective_fn, 0.0, loss_chunk_size > 0)
     return dict(nll_sum=out['nll_sum'], weight_sum=out['weight_sum'])
 
   return eval_step
