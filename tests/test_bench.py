@@ -1,0 +1,147 @@
+"""The bench harness on tiny shapes: every figure present, the reference check passing and
+refusing, decoding against recomputation, sweeps, FSDP memory scaling, the GPU script.
+
+No test asserts a speed: timings on a shared CPU say nothing about correctness.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from llm_jax import bench
+from llm_jax import bench_decode
+from llm_jax import bench_sweep
+from llm_jax import config as config_lib
+from llm_jax.models import attention
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = {'model.num_layers': 2, 'model.emb_dim': 32, 'model.num_heads': 2, 'model.attention_block': 8,
+        'data.seq_len': 16, 'train.batch_size': 4, 'train.warmup_steps': 1, 'sample.prompt': ''}
+TINY_FLAGS = ';'.join(f'{k}={v}' for k, v in TINY.items() if k != 'sample.prompt')
+
+
+def tiny(**extra):
+  return config_lib.from_file(str(ROOT / 'configs' / 'default.py'), **{**TINY, **extra})
+
+
+def test_training_reports_every_figure_and_passes_the_reference():
+  # Scanned layers, remat and micro-batches all differ from the reference path.
+  config = tiny(**{'model.scan_layers': True, 'model.remat': 'full', 'train.micro_batches': 2})
+  result = bench.benchmark_training(config, steps=2, warmup=1, rounds=1)
+  for key in ('step_ms', 'tokens_per_sec', 'flops_per_token', 'achieved_tflops', 'peak_tflops', 'peak_source',
+              'mfu', 'compile_s', 'first_step_s', 'params', 'peak_memory_bytes', 'peak_memory_gib',
+              'reference_loss', 'reference_delta', 'reference_max_rel_delta'):
+    assert key in result, key
+  assert result['peak_memory_bytes'] > 0
+  assert result['reference_max_rel_delta'] <= bench.RTOL_FLOAT32
+  assert len(result['reference_losses']) == bench.REFERENCE_STEPS + 1
+  differs = ' '.join(result['reference_differs'])
+  for key in ('model.scan_layers', 'model.remat', 'train.micro_batches', 'model.attention_kernel'):
+    assert key in differs
+  json.dumps(result)
+
+
+@pytest.fixture
+def leaky_kernel(monkeypatch):
+  """Registers 'leaky': attention that forgets the mask (sees future tokens), a real bug."""
+  monkeypatch.setattr(attention, '_KERNELS', dict(attention._KERNELS))
+  xla = attention.get('xla')
+
+  @attention.register('leaky', supports_dropout=True)
+  def leaky(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
+    del mask
+    return xla(q, k, v, mask=None, dropout=dropout, causal=causal, block=block)
+  return 'leaky'
+
+
+def test_reference_check_refuses_a_wrong_kernel(leaky_kernel):
+  with pytest.raises(bench.ReferenceMismatch) as e:
+    bench.check_reference(tiny(**{'model.attention_kernel': leaky_kernel}))
+  message = str(e.value)
+  assert '\n' not in message
+  assert 'model.attention_kernel=leaky (reference xla)' in message and 'losses [' in message
+
+
+def test_reference_check_refuses_bfloat16_at_float32_tolerance():
+  with pytest.raises(bench.ReferenceMismatch, match='model.dtype=bfloat16 \\(reference float32\\)') as e:
+    bench.check_reference(tiny(**{'model.dtype': 'bfloat16'}), rtol=bench.RTOL_FLOAT32 / 100)
+  assert 0 < e.value.result['reference_max_rel_delta'] <= bench.RTOL_BF16  # bf16 rounding, within its tolerance
+
+
+def test_reference_config_turns_every_fast_path_off():
+  ref = bench.reference_config(tiny(**{'model.scan_layers': True, 'model.dtype': 'bfloat16',
+                                       'model.dropout_rate': 0.1}))
+  for key, value in bench.REFERENCE_SETTINGS.items():
+    assert bench.flatten(ref)[key] == value
+  assert ref.model.dropout_rate == 0.0
+  if 'loss_chunk_size' in ref.train:
+    assert ref.train.loss_chunk_size == 0
+
+
+def test_decode_matches_recomputation_and_reports_figures():
+  # prompt 4 + 14 new tokens > max_len 16: the bench raises max_len and says so.
+  result = bench_decode.benchmark_decoding(tiny(), batch_sizes=(1, 3), new_tokens=14, prompt_len=4,
+                                           no_cache_max_tokens=3, repeats=1)
+  assert (result['max_len'], result['config_max_len']) == (18, 16)
+  assert set(result['batches']) == {'1', '3'}
+  for row in result['batches'].values():
+    for key in ('prefill_ms', 'per_token_ms', 'tokens_per_sec', 'no_cache_per_token_ms', 'speedup_vs_no_cache'):
+      assert row[key] is not None, key
+    assert row['tokens_equal'] and row['tokens_compared'] == 3 * row['batch']
+    assert row['no_cache_extrapolated'] and row['no_cache_timed_tokens'] == 3
+
+
+def test_sweep_entries_parse_from_lists_and_files(tmp_path):
+  spec = 'configs/a.py,configs/b.py:mesh.rules.act_batch=data,fsdp;train.steps=3, configs/c.py'
+  assert bench_sweep.parse_entries(spec) == [
+      ('configs/a.py', {}), ('configs/b.py', {'mesh.rules.act_batch': 'data,fsdp', 'train.steps': '3'}),
+      ('configs/c.py', {})]
+  (tmp_path / 's.txt').write_text('# two runs\nconfigs/a.py:model.dtype=bfloat16\n\nconfigs/b.py\n')
+  assert bench_sweep.parse_entries(str(tmp_path / 's.txt')) == [('configs/a.py', {'model.dtype': 'bfloat16'}),
+                                                                 ('configs/b.py', {})]
+  (tmp_path / 's.json').write_text(json.dumps(['configs/a.py', {'config': 'configs/b.py',
+                                                                 'overrides': {'train.steps': 2}}]))
+  assert bench_sweep.parse_entries(str(tmp_path / 's.json')) == [('configs/a.py', {}),
+                                                                  ('configs/b.py', {'train.steps': 2})]
+
+
+def test_sweep_writes_a_row_per_config_and_records_refusals(tmp_path):
+  reference_like = TINY_FLAGS + ';model.attention_kernel=xla'   # identical to its reference: passes
+  entries = bench_sweep.parse_entries(f'configs/default.py:{reference_like},'
+                                      f'configs/default.py:{TINY_FLAGS};model.dtype=bfloat16')
+  # A tolerance no bf16 run meets: the second entry is refused by the child bench process.
+  summary = bench_sweep.run_sweep(entries, ['--steps=1', '--warmup=1', '--rounds=1', '--reference_rtol=1e-9'],
+                                  str(tmp_path / 'sweep'), mode='train')
+  rows = json.loads((tmp_path / 'sweep.json').read_text())
+  assert summary['rows'] == len(rows) == 2 and summary['errors'] == 1
+  assert rows[0]['result']['step_ms'] > 0 and rows[0]['result']['reference_max_rel_delta'] == 0
+  assert rows[1]['error'].startswith(f'exit {bench.ReferenceMismatch.exit_code}: llm_jax.bench: refusing to report')
+  table = (tmp_path / 'sweep.md').read_text().strip().splitlines()
+  assert len(table) == 2 + 2 and 'peak memory GiB' in table[0] and 'model.dtype=bfloat16' in table[3]
+
+
+def test_memory_mode_compares_one_device_with_fsdp():
+  result = bench_sweep.benchmark_memory(tiny(**{'train.batch_size': 8}), devices=8)
+  assert result['single']['devices'] == 1 and result['sharded']['mesh'] == {'data': 1, 'fsdp': 8, 'tensor': 1}
+  assert 0 < result['ratio'] < 1
+  assert result['state_ratio'] <= 1.2 / 8  # parameters and Adam moments split 8 ways
+  assert isinstance(result['meets_target'], bool)
+
+
+def test_gpu_script_runs_tiny_on_cpu(tmp_path):
+  path = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
+  env = dict(os.environ, PYTHONPATH=path)
+  script = ROOT / 'experiments' / 'gpu_bench' / 'run.py'
+  proc = subprocess.run([sys.executable, str(script), '--tiny', '--jobs=2', f'--out={tmp_path}'],
+                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((tmp_path / 'gpu_bench.json').read_text())
+  assert [p['part'] for p in results['parts']] == ['gpt2_small', 'bench_1b', 'shakespeare_char', 'decode']
+  assert not [p['error'] for p in results['parts'] if 'error' in p]
+  assert results['parts'][2]['result']['tensorflow_imported'] is False
+  assert len((tmp_path / 'gpu_bench.md').read_text().strip().splitlines()) == 2 + 4
+
