@@ -37,7 +37,11 @@ compiled step's ``memory_analysis()``: arguments + outputs + temporaries - alias
 (donated) buffers; None where the backend does not report it.
 """
 
-import json
+if __name__ == '__main__':
+  from llm_jax import hostmem
+  hostmem.reexec_with_hugepages()  # before anything starts threads (see llm_jax/hostmem.py)
+
+import json  # noqa: E402
 import math
 import sys
 import tempfile

@@ -15,7 +15,11 @@ failed (the previous one is intact); 75 preempted by SIGTERM after saving (re-ru
 resume).
 """
 
-import sys
+if __name__ == '__main__':
+  from llm_jax import hostmem
+  hostmem.reexec_with_hugepages()  # before anything starts threads (see llm_jax/hostmem.py)
+
+import sys  # noqa: E402
 
 from absl import app
 from absl import flags

@@ -9,7 +9,11 @@ token that separates documents in training. ``sample_text`` is the same thing as
 function, for notebooks and for the training loop's end-of-run sample.
 """
 
-import sys
+if __name__ == '__main__':
+  from llm_jax import hostmem
+  hostmem.reexec_with_hugepages()  # before anything starts threads (see llm_jax/hostmem.py)
+
+import sys  # noqa: E402
 
 from absl import app
 from absl import flags

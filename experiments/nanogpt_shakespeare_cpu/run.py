@@ -16,6 +16,11 @@ import time
 
 _START = time.time()
 
+from llm_jax import hostmem  # noqa: E402
+
+hostmem.reexec_with_hugepages()  # transparent huge pages for XLA:CPU's buffers (llm_jax/hostmem.py)
+_START = hostmem.process_start_time(_START)  # the first process's start, if it re-executed
+
 import json  # noqa: E402
 import os  # noqa: E402
 import pathlib  # noqa: E402

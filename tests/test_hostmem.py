@@ -1,0 +1,89 @@
+"""The entry points' re-execution with transparent huge pages (llm_jax/hostmem.py)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from llm_jax import hostmem
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AVAILABLE = hostmem.why_not({}) == ''
+
+
+def _clean_env(**extra):
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('GLIBC_TUNABLES', hostmem.OPT_OUT, hostmem.START_TIME)}
+  env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+  env.update(extra)
+  return env
+
+
+def _run(code: str, **env) -> list[str]:
+  out = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], env=_clean_env(**env),
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stderr
+  return out.stdout.splitlines()
+
+
+REEXEC = '''
+    import os, sys, time
+    print('started', os.getpid(), flush=True)
+    from llm_jax import hostmem
+    hostmem.reexec_with_hugepages()
+    print('tunables', os.environ.get('GLIBC_TUNABLES', ''))
+    print('start_time_passed_on', hostmem.START_TIME in os.environ)
+    print('first_start_known', hostmem.process_start_time(-1.0) > 0)
+'''
+
+
+def test_tunables_keep_what_was_there():
+  assert hostmem.tunables_with_hugepages('') == 'glibc.malloc.hugetlb=1'
+  assert hostmem.tunables_with_hugepages('glibc.malloc.arena_max=2') == \
+      'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'
+
+
+def test_why_not_names_the_reason():
+  assert 'LLM_JAX_HUGEPAGES=0' in hostmem.why_not({'LLM_JAX_HUGEPAGES': '0'})
+  assert 'already' in hostmem.why_not({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'})
+
+
+@pytest.mark.skipif(not AVAILABLE, reason=f'no re-execution here: {hostmem.why_not({})}')
+def test_reexecutes_once_with_the_tunable_and_same_pid():
+  lines = _run(REEXEC, GLIBC_TUNABLES='glibc.malloc.arena_max=4')
+  started = [line for line in lines if line.startswith('started')]
+  assert len(started) == 2 and started[0] == started[1], lines  # exec keeps the PID
+  assert 'tunables glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1' in lines
+  assert 'start_time_passed_on False' in lines  # consumed, not inherited by children
+  assert 'first_start_known True' in lines
+
+
+def test_opt_out_and_already_set_run_once():
+  for env in ({'LLM_JAX_HUGEPAGES': '0'}, {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}):
+    lines = _run(REEXEC, **env)
+    assert len([line for line in lines if line.startswith('started')]) == 1, (env, lines)
+    assert 'first_start_known False' in lines
+
+
+FAULTS = '''
+    import ctypes, resource
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):  # as XLA:CPU's temporaries: malloc'ed, written, freed (numpy would madvise itself)
+        p = libc.malloc(64 << 20)
+        ctypes.memset(p, 1, 64 << 20)
+        libc.free(p)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+'''
+
+
+@pytest.mark.skipif(not AVAILABLE, reason=f'no huge pages here: {hostmem.why_not({})}')
+def test_the_tunable_removes_most_page_faults_of_large_buffers():
+  plain = int(_run(FAULTS, LLM_JAX_HUGEPAGES='0')[-1])
+  huge = int(_run(FAULTS, GLIBC_TUNABLES='glibc.malloc.hugetlb=1')[-1])
+  assert plain > 100_000  # 10 x 16384 pages of 4 KiB
+  assert huge < plain / 10, (plain, huge)
