@@ -87,6 +87,8 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # library INFO logs (Orbax) off, as in llm_jax.main
   from llm_jax import checkpoint  # here, so importing sample_text needs no checkpoint stack
   config, model_cfg, params, tokenizer = checkpoint.load_for_inference(FLAGS.workdir)
   settings = {name: config.sample[name] if FLAGS[name].value is None else FLAGS[name].value
