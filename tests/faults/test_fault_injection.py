@@ -61,22 +61,35 @@ def test_kill9_before_commit_resumes_from_last_finalized_step(tmp_path, referenc
 @pytest.mark.slow
 def test_kill9_at_random_moments_during_20_async_saves(tmp_path, reference):
   """A seeded schedule of SIGKILLs, every other one inside a save's window between its
-  files being written and its commit, the others at random times (start-up included).
-  Every restart resumes from the last finalized step, and the finished run's losses are
-  the uninterrupted run's, bitwise."""
+  files being written and its commit, the others at random moments: during start-up, or
+  a random number of steps into training plus a random fraction of a step. Every restart
+  resumes from the last finalized step, and the finished run's losses are the
+  uninterrupted run's, bitwise.
+
+  Kills are placed by the run's progress (saves written, steps logged), not by the
+  clock, so a faster machine does not let the run finish before the schedule is through:
+  a window kill loses at most 4 saves (8 steps) of progress, a random one at most 6 steps,
+  so three of each take at most 42 steps and the 40-step run needs a seventh attempt."""
   workdir = tmp_path / 'run'
   rng = random.Random(20)
   kills = {'in a save window': 0, 'at random': 0}
-  for attempt in range(8):
+  step_delay = 0.1  # seconds per step: a random fraction of a step is a tenth of a second
+  for attempt in range(10):
     last = (runs.finalized_steps(workdir) or [None])[-1] if (workdir / 'checkpoints').exists() else None
-    started = runs.Started(workdir, tmp_path, tmp_path / f'attempt{attempt}.log', faults={'save_delay': 0.2})
+    logged = runs.logged_steps(workdir)
+    started = runs.Started(workdir, tmp_path, tmp_path / f'attempt{attempt}.log',
+                           faults={'save_delay': 0.2, 'step_delay': step_delay})
     mode = 'in a save window' if attempt % 2 == 0 else 'at random'
     try:
       if mode == 'in a save window':
-        k = rng.randint(1, 5)  # this attempt's k-th save
+        k = rng.randint(1, 4)  # this attempt's k-th save
         runs.wait_for(lambda: len(_saves_written(started)) >= k, started.proc)
+      elif rng.random() < 0.3:  # during start-up: imports, restore, compilation
+        time.sleep(rng.uniform(0.2, 1.0))
       else:
-        time.sleep(rng.uniform(1.5, 9.0))
+        steps = rng.randint(1, 4)
+        runs.wait_for(lambda: runs.logged_steps(workdir) >= logged + steps, started.proc)
+        time.sleep(rng.uniform(0, 2 * step_delay))
       started.proc.send_signal(signal.SIGKILL)
     except AssertionError:
       pass  # the run reached its end first
