@@ -89,11 +89,21 @@ def reexec_with_hugepages() -> None:
   """
   if why_not():
     return
+  before = os.environ.get('GLIBC_TUNABLES')
   os.environ[START_TIME] = _INHERITED_START or repr(time.time())
-  os.environ['GLIBC_TUNABLES'] = tunables_with_hugepages(os.environ.get('GLIBC_TUNABLES', ''))
+  os.environ['GLIBC_TUNABLES'] = tunables_with_hugepages(before or '')
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execv(sys.executable, [sys.executable] + list(sys.orig_argv[1:]))
+  try:
+    os.execv(sys.executable, [sys.executable] + list(sys.orig_argv[1:]))
+  except OSError as e:  # no executable to run: go on as we are, without huge pages
+    os.environ.pop(START_TIME, None)
+    if before is None:
+      os.environ.pop('GLIBC_TUNABLES', None)
+    else:
+      os.environ['GLIBC_TUNABLES'] = before
+    print(f'[llm_jax] could not re-execute with {TUNABLE}=1 ({e}); running without huge pages.',
+          file=sys.stderr, flush=True)
 
 
 def process_start_time(default: float) -> float:

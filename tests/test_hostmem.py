@@ -60,6 +60,18 @@ def test_reexecutes_once_with_the_tunable_and_same_pid():
   assert 'first_start_known True' in lines
 
 
+@pytest.mark.skipif(not AVAILABLE, reason=f'no re-execution here: {hostmem.why_not({})}')
+def test_a_failed_exec_goes_on_without_huge_pages():
+  lines = _run('''
+      import os, sys
+      sys.executable = '/nonexistent/python'
+      from llm_jax import hostmem
+      hostmem.reexec_with_hugepages()
+      print('went_on', os.environ.get('GLIBC_TUNABLES', 'unset'), hostmem.START_TIME in os.environ)
+  ''', GLIBC_TUNABLES='glibc.malloc.arena_max=4')
+  assert lines[-1] == 'went_on glibc.malloc.arena_max=4 False', lines
+
+
 def test_opt_out_and_already_set_run_once():
   for env in ({'LLM_JAX_HUGEPAGES': '0'}, {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}):
     lines = _run(REEXEC, **env)
