@@ -178,16 +178,6 @@ def config_differences(config, reference) -> list[str]:
   return [f'{k}={a[k]} (reference {b[k]})' for k in sorted(a) if a[k] != b.get(k)]
 
 
-def unscan_params(params: dict, num_layers: int) -> dict:
-  """Parameters of a scanned stack ('layers', leading axis L) as unrolled 'layer_0'.. 'layer_{L-1}'."""
-  if 'layers' not in params:
-    return params
-  out = {k: v for k, v in params.items() if k != 'layers'}
-  for i in range(num_layers):
-    out[f'layer_{i}'] = jax.tree.map(lambda x, i=i: x[i], params['layers'])
-  return out
-
-
 def _start_state(trainer, initial):
   """``initial`` (a host TrainState) placed on the trainer's shardings, or a fresh init."""
   if initial is None:
@@ -219,8 +209,9 @@ def _as_reference(initial, config):
   Compiling the reference's own init would cost as much as its step; its optimizer
   state at step 0 is ``optimizer.init`` of the same parameters, computed eagerly.
   """
+  from llm_jax.models import transformer
   from llm_jax.train import optim
-  params = unscan_params(initial.params, config.model.num_layers)
+  params = transformer.to_unrolled(initial.params)
   optimizer, _ = optim.make(config.train)
   return initial.replace(params=params, opt_state=jax.device_get(optimizer.init(params)))
 
