@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import os
+import sys
 from typing import Any, Callable, Iterable, Iterator
 
 Source = Callable[[Any, str], Iterable[str]]
@@ -161,6 +162,12 @@ def _tfds_documents(data_cfg, split: str) -> Iterable[str]:
 def _prepare(builder, data_cfg, tfds) -> None:
   """download_and_prepare, turning a failure into advice on the manual directory."""
   manual_dir = data_cfg.manual_dir or None
+  if not manual_dir and not builder.is_prepared():
+    # Offline, TFDS's downloader retries for minutes before it fails: say what is happening.
+    print(f'[llm_jax] downloading and preparing TFDS dataset {data_cfg.dataset!r} into '
+          f'{builder.data_dir_root}; on a machine without network this fails after TFDS\'s '
+          'retries (a few minutes): stop it and pass --config.data.manual_dir=DIR instead.',
+          file=sys.stderr, flush=True)
   try:
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))

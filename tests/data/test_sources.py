@@ -90,6 +90,17 @@ def test_missing_dataset_offline_names_the_manual_dir(make_cfg, tmp_path, no_net
   assert 'input.txt' in message
 
 
+def test_download_without_manual_dir_says_what_happens_first(make_cfg, tmp_path, no_network, capsys):
+  """Offline, TFDS retries for minutes: a line before the download names manual_dir."""
+  pytest.importorskip('tensorflow_datasets')
+  cfg = make_cfg(dataset='tiny_shakespeare', data_dir=str(tmp_path / 'empty_data'))
+  with pytest.raises(sources.DatasetUnavailableError):
+    _texts(cfg, 'train')
+  err = capsys.readouterr().err
+  assert "downloading and preparing TFDS dataset 'tiny_shakespeare'" in err
+  assert '--config.data.manual_dir=DIR' in err
+
+
 def test_unknown_dataset_names_the_key_and_the_choices(make_cfg, no_network):
   with pytest.raises(ValueError, match=r"config.data.dataset='no_such_corpus'.*embedded.*files.*TFDS"):
     _texts(make_cfg(dataset='no_such_corpus'), 'train')
