@@ -145,3 +145,30 @@ def test_gpu_script_runs_tiny_on_cpu(tmp_path):
   assert results['parts'][2]['result']['tensorflow_imported'] is False
   assert len((tmp_path / 'gpu_bench.md').read_text().strip().splitlines()) == 2 + 4
 
+
+
+def _run_ab(tmp_path, *args):
+  path = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
+  script = ROOT / 'experiments' / 'cpu_mfu_ab' / 'run.py'
+  return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=tmp_path,
+                        env=dict(os.environ, PYTHONPATH=path), timeout=600)
+
+
+def test_ab_script_times_variants_in_one_process(tmp_path):
+  proc = _run_ab(tmp_path, '--tiny', '--rounds=2', '--steps=2', '--variant=base:',
+                 '--variant=standin:model.attention_kernel=standin,model.attention_block=32',
+                 f'--out={tmp_path / "ab.json"}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((tmp_path / 'ab.json').read_text())
+  assert [v['name'] for v in result['variants']] == ['base', 'standin']
+  assert result['variants'][1]['overrides'] == {'model.attention_kernel': 'standin', 'model.attention_block': 32}
+  assert all(v['step_ms'] > 0 and 0 < v['mfu'] for v in result['variants'])
+  assert 'standin' in proc.stdout and 'MFU' in proc.stdout
+
+
+def test_ab_script_names_a_malformed_variant(tmp_path):
+  proc = _run_ab(tmp_path, '--tiny', '--variant=base')
+  assert proc.returncode != 0 and 'expected NAME:key=value' in proc.stderr
+  proc = _run_ab(tmp_path, '--tiny', '--variant=a:model.num_layers')
+  assert proc.returncode != 0 and "'model.num_layers' is not key=value" in proc.stderr
+

@@ -1,0 +1,161 @@
+"""In-process A/B of train-step variants: which change makes the compiled step faster?
+
+  python experiments/cpu_mfu_ab/run.py --variant=base: \\
+      --variant='standin:model.attention_kernel=standin' --variant='xla:model.attention_kernel=xla'
+  python experiments/cpu_mfu_ab/run.py --tiny --variant=a: --variant='b:model.attention_block=32'
+
+Every ``--variant=NAME:key=value,key=value`` is the config (``--config``, by default
+configs/shakespeare_char.py at batch 16 with dropout 0) with those overrides. All
+variants are compiled in this one process and timed in alternating rounds (``--steps``
+steps each), a float32 2048² matrix product measured between rounds as the bench does,
+so a busy machine slows every variant alike; each variant's fastest round gives its step
+time and MFU against the highest peak. Separate processes (``llm_jax.bench --sweep``) see
+run-to-run spreads of about ±5% on a shared 2-core machine, larger than most effects
+worth testing.
+
+Nothing here checks numerics: it answers "how much time is this part of the step?".
+``model.attention_kernel=standin`` swaps attention for ``q * k + v`` (wrong values, same
+shapes, cheap and differentiable), so base minus standin is what attention costs in the
+step. Writes ``--out`` (JSON) when given.
+"""
+
+import time
+
+_START = time.time()
+
+import gc  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from llm_jax import hostmem  # noqa: E402
+
+hostmem.reexec_with_hugepages()  # as the bench and training do (llm_jax/hostmem.py)
+
+from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from llm_jax import bench  # noqa: E402
+from llm_jax import config as config_lib  # noqa: E402
+from llm_jax import perf  # noqa: E402
+from llm_jax.models import attention  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('config', 'configs/shakespeare_char.py', 'Config file every variant starts from.')
+flags.DEFINE_multi_string('variant', [], 'NAME:key=value,key=value (repeat; at least one).')
+flags.DEFINE_integer('steps', 3, 'Timed steps per round.')
+flags.DEFINE_integer('rounds', 5, 'Alternating rounds; each variant reports its fastest.')
+flags.DEFINE_bool('tiny', False, 'Tiny shapes (2 layers, width 64, T 64, batch 4): a smoke test.')
+flags.DEFINE_string('out', '', 'Write the results here as JSON.')
+
+BASE = {'train.batch_size': 16, 'model.dropout_rate': 0.0}
+TINY = {'model.num_layers': 2, 'model.num_heads': 2, 'model.emb_dim': 64, 'data.seq_len': 64,
+        'train.batch_size': 4, 'model.attention_block': 16}
+
+
+@attention.register('standin', supports_dropout=True)
+def standin_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
+  """Not attention: ``q * k + v``, for timing the step without attention's cost."""
+  del mask, dropout, causal, block
+  return q * k + v
+
+
+def _value(text: str):
+  """'3' -> 3, '0.5' -> 0.5, 'True' -> True, anything else stays a string."""
+  for cast in (int, float):
+    try:
+      return cast(text)
+    except ValueError:
+      pass
+  return {'True': True, 'False': False}.get(text, text)
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+  """'name:a.b=1,c.d=x' -> ('name', {'a.b': 1, 'c.d': 'x'}); a ValueError naming the format."""
+  name, sep, body = spec.partition(':')
+  if not sep or not name:
+    raise ValueError(f'--variant={spec!r}: expected NAME:key=value,key=value (NAME: for no overrides).')
+  overrides = {}
+  for item in filter(None, body.split(',')):
+    key, eq, value = item.partition('=')
+    if not eq:
+      raise ValueError(f'--variant={spec!r}: {item!r} is not key=value.')
+    overrides[key.strip()] = _value(value.strip())
+  return name, overrides
+
+
+def build(config):
+  """(trainer, compiled step, state, batch) for one variant."""
+  from llm_jax.train import loop
+  dataset = bench.synthetic_dataset(config)
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer = loop.build_trainer(config, workdir, dataset=dataset)
+  with trainer.context():
+    state = trainer.init()
+    batch = trainer.device_batch(dataset.train_batch(0))
+    step, _, _ = bench.compile_step(trainer, state, batch)
+    state, metrics = step(state, batch)  # first call: warm-up
+    jax.block_until_ready(metrics)
+  return trainer, step, state, batch
+
+
+def run(variants: list[tuple[str, dict]], *, config_path: str, steps: int, rounds: int, tiny: bool) -> dict:
+  built = []
+  for name, overrides in variants:
+    config = bench.with_overrides(config_lib.from_file(config_path), {**BASE, **(TINY if tiny else {}),
+                                                                     **overrides})
+    tokens = config.train.batch_size * config.data.seq_len
+    built.append([name, overrides, tokens, *build(config), []])
+  peak = 0.0
+  for _ in range(rounds):
+    for entry in built:
+      _, _, _, trainer, step, state, batch, times = entry
+      with trainer.context():
+        start = time.perf_counter()
+        for _ in range(steps):
+          state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        times.append((time.perf_counter() - start) / steps)
+      entry[5] = state
+      gc.collect()
+      peak = max(peak, perf.measure_peak_flops('float32')[0])
+  rows = []
+  for name, overrides, tokens, trainer, _, _, _, times in built:
+    best = min(times)
+    rows.append(dict(name=name, overrides=overrides, step_ms=round(1e3 * best, 2),
+                     median_ms=round(1e3 * float(np.median(times)), 2),
+                     mfu=round(tokens * trainer.flops_per_token / best / peak, 4)))
+  return dict(config=config_path, tiny=tiny, steps=steps, rounds=rounds, peak_tflops=round(peak / 1e12, 4),
+              variants=rows, seconds=round(time.time() - _START, 1))
+
+
+def main(argv):
+  del argv
+  if not FLAGS.variant:
+    raise app.UsageError('give at least one --variant=NAME:key=value,... (e.g. --variant=base:)')
+  try:
+    variants = [parse_variant(v) for v in FLAGS.variant]
+  except ValueError as e:
+    raise app.UsageError(str(e))
+  names = [n for n, _ in variants]
+  if len(set(names)) != len(names):
+    raise app.UsageError(f'variant names repeat: {names}')
+  config_path = FLAGS.config
+  if not os.path.exists(config_path) and (ROOT / config_path).exists():
+    config_path = str(ROOT / config_path)  # configs/NAME.py from outside the repository
+  result = run(variants, config_path=config_path, steps=FLAGS.steps, rounds=FLAGS.rounds, tiny=FLAGS.tiny)
+  for row in result['variants']:
+    print(f"{row['name']:16s} {row['step_ms']:9.1f} ms/step (median {row['median_ms']:.1f})  "
+          f"MFU {row['mfu']:.3f}")
+  if FLAGS.out:
+    pathlib.Path(FLAGS.out).write_text(json.dumps(result, indent=1) + '\n')
+
+
+if __name__ == '__main__':
+  app.run(main)
