@@ -26,7 +26,9 @@ error of a background save surfaces as ``CheckpointSaveError`` at the next ``sav
 or at ``wait`` (the end of the run).
 """
 
+import contextlib
 import json
+import logging as py_logging
 import os
 import re
 import shutil
@@ -94,6 +96,25 @@ def _handlers():
               meta=ocp.JsonCheckpointHandler())
 
 
+class _DropReadOnlyNotice(py_logging.Filter):
+  """Drops Orbax's 'Given directory is read only' warning: read-only is what was asked for."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Given directory is read only')
+
+
+@contextlib.contextmanager
+def _without_read_only_notice():
+  """While a read-only CheckpointManager is built (sampling, init_from), its notice is not logged."""
+  drop = _DropReadOnlyNotice()
+  logger = py_logging.getLogger('absl')
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
+
+
 class Checkpoints:
   """The owner of one ``ocp.CheckpointManager`` for WORKDIR/checkpoints.
 
@@ -122,7 +143,8 @@ class Checkpoints:
           async_options=ocp.AsyncOptions(post_finalization_callback=self._record_files),
           cleanup_tmp_directories=True,
           create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
+    with _without_read_only_notice() if read_only else contextlib.nullcontext():
+      self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
     if not read_only:  # Orbax deletes unfinished saves in the background until the first save; finish now
       getattr(self.manager, '_maybe_await_cleanup_tmp_directory', lambda: None)()
 

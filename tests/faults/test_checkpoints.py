@@ -250,3 +250,25 @@ def test_workdir_that_is_a_file_is_refused(tmp_path):
   path.write_text('x')
   with pytest.raises(config_lib.ConfigError, match=f'--workdir={path} is a file; give a directory'):
     loop.train_and_evaluate(runs.config(tmp_path), str(path))
+
+
+def test_read_only_manager_does_not_warn_and_leaves_other_warnings(tmp_path):
+  """Sampling opens checkpoints read-only; Orbax's 'Given directory is read only' is noise there."""
+  import logging
+  from absl import logging as absl_logging
+  ckpts = ckpt_lib.Checkpoints(str(tmp_path), _ckpt_cfg())
+  ckpts.save(1, _tiny_state(1), {'data_position': 1})
+  ckpts.close()
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  logger = logging.getLogger('absl')
+  logger.addHandler(handler)
+  try:
+    reader = ckpt_lib.Checkpoints(str(tmp_path), _ckpt_cfg(), read_only=True)
+    assert reader.latest_step() == 1
+    absl_logging.warning('Given directory is read only=elsewhere')  # outside the constructor: kept
+  finally:
+    logger.removeHandler(handler)
+  messages = [r.getMessage() for r in records]
+  assert messages == ['Given directory is read only=elsewhere'], messages
