@@ -23,12 +23,15 @@ with no text left is a ValueError naming the dataset and the split.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import logging
 import math
 import os
+import socket
 import sys
+import threading
 from typing import Any, Callable, Iterable, Iterator
 
 Source = Callable[[Any, str], Iterable[str]]
@@ -159,18 +162,79 @@ def _tfds_documents(data_cfg, split: str) -> Iterable[str]:
   return (_decode(ex[key], f'{name}/{split}') for ex in tfds.as_numpy(ds))
 
 
-def _prepare(builder, data_cfg, tfds) -> None:
-  """download_and_prepare, turning a failure into advice on the manual directory."""
-  manual_dir = data_cfg.manual_dir or None
-  if not manual_dir and not builder.is_prepared():
-    # Offline, TFDS's downloader retries for minutes before it fails: say what is happening.
-    print(f'[llm_jax] downloading and preparing TFDS dataset {data_cfg.dataset!r} into '
-          f'{builder.data_dir_root}; on a machine without network this fails after TFDS\'s '
-          'retries (a few minutes): stop it and pass --config.data.manual_dir=DIR instead.',
-          file=sys.stderr, flush=True)
+# TFDS's own bucket: if its name does not resolve (and no proxy is set) the machine is offline.
+PROBE_HOST = 'storage.googleapis.com'
+_PROXY_VARIABLES = ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_PROXY', 'all_proxy')
+
+
+def looks_offline(host: str = PROBE_HOST, timeout: float = 5.0) -> bool:
+  """True when ``host`` does not resolve within ``timeout`` s and no proxy variable is set.
+
+  Behind a proxy name resolution says nothing about reaching the internet, so then this
+  is always False.
+  """
+  if any(os.environ.get(v) for v in _PROXY_VARIABLES):
+    return False
+  answer = []
+
+  def resolve():
+    try:
+      socket.getaddrinfo(host, 443)
+      answer.append(True)
+    except OSError:
+      answer.append(False)
+
+  probe = threading.Thread(target=resolve, daemon=True)
+  probe.start()
+  probe.join(timeout)
+  return not (answer and answer[0])
+
+
+@contextlib.contextmanager
+def _download_retries(retries: int):
+  """TFDS's downloader retries each URL 10 times with exponential backoff (about 3.5
+  minutes when every attempt fails at once); within this block it tries ``retries`` times."""
   try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    from tensorflow_datasets.core.download import downloader
+  except ImportError:
+    yield
+    return
+  before = getattr(downloader, 'MAX_RETRIES', None)
+  if before is None:
+    yield
+    return
+  downloader.MAX_RETRIES = retries
+  try:
+    yield
+  finally:
+    downloader.MAX_RETRIES = before
+
+
+def _prepare(builder, data_cfg, tfds) -> None:
+  """download_and_prepare, turning a failure into advice on the manual directory.
+
+  Offline (``looks_offline``) the download is tried once, without TFDS's retries, so the
+  advice comes in seconds instead of minutes; a host that still answers (an internal
+  mirror) is downloaded from as usual.
+  """
+  manual_dir = data_cfg.manual_dir or None
+  offline = False
+  if not manual_dir and not builder.is_prepared():
+    offline = looks_offline()
+    if offline:
+      print(f'[llm_jax] {PROBE_HOST} does not resolve: this machine looks offline. Trying the '
+            f'download of TFDS dataset {data_cfg.dataset!r} once, without retries; if it fails, pass '
+            '--config.data.manual_dir=DIR.', file=sys.stderr, flush=True)
+    else:
+      # Without network TFDS's downloader retries for minutes before it fails: say so first.
+      print(f'[llm_jax] downloading and preparing TFDS dataset {data_cfg.dataset!r} into '
+            f'{builder.data_dir_root}; on a machine without network this fails after TFDS\'s '
+            'retries (a few minutes): stop it and pass --config.data.manual_dir=DIR instead.',
+            file=sys.stderr, flush=True)
+  try:
+    with _download_retries(0) if offline else contextlib.nullcontext():
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   except Exception as e:  # offline, missing manual files, a dead URL: all end the same way
     name = data_cfg.dataset
     where = manual_dir or os.path.join(builder.data_dir_root, 'downloads', 'manual')

@@ -91,14 +91,65 @@ def test_missing_dataset_offline_names_the_manual_dir(make_cfg, tmp_path, no_net
 
 
 def test_download_without_manual_dir_says_what_happens_first(make_cfg, tmp_path, no_network, capsys):
-  """Offline, TFDS retries for minutes: a line before the download names manual_dir."""
+  """Offline, a line before the download names manual_dir; the error repeats it."""
   pytest.importorskip('tensorflow_datasets')
   cfg = make_cfg(dataset='tiny_shakespeare', data_dir=str(tmp_path / 'empty_data'))
-  with pytest.raises(sources.DatasetUnavailableError):
+  with pytest.raises(sources.DatasetUnavailableError, match='--config.data.manual_dir=DIR'):
     _texts(cfg, 'train')
   err = capsys.readouterr().err
-  assert "downloading and preparing TFDS dataset 'tiny_shakespeare'" in err
+  assert 'storage.googleapis.com does not resolve: this machine looks offline' in err
+  assert "download of TFDS dataset 'tiny_shakespeare' once, without retries" in err
   assert '--config.data.manual_dir=DIR' in err
+
+
+class _Builder:
+  """A TFDS builder stand-in whose download records TFDS's retry count, then fails."""
+  data_dir_root = '/nonexistent'
+
+  def __init__(self):
+    self.retries = []
+
+  def is_prepared(self):
+    return False
+
+  def download_and_prepare(self, download_config):
+    from tensorflow_datasets.core.download import downloader
+    self.retries.append(downloader.MAX_RETRIES)
+    raise ConnectionError('no route')
+
+
+@pytest.mark.parametrize('online', [False, True])
+def test_offline_downloads_once_online_keeps_tfds_retries(make_cfg, monkeypatch, capsys, online):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from tensorflow_datasets.core.download import downloader
+  default = downloader.MAX_RETRIES
+  monkeypatch.setattr(sources, 'looks_offline', lambda: not online)
+  builder = _Builder()
+  with pytest.raises(sources.DatasetUnavailableError, match='could not be downloaded'):
+    sources._prepare(builder, make_cfg(dataset='tiny_shakespeare'), tfds)
+  assert builder.retries == [default if online else 0] and downloader.MAX_RETRIES == default
+  err = capsys.readouterr().err
+  assert ('retries (a few minutes)' in err) == online and ('looks offline' in err) == (not online)
+
+
+def test_looks_offline_resolves_the_probe_host_unless_a_proxy_is_set(monkeypatch):
+  import socket
+  import time
+  for name in ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_PROXY', 'all_proxy'):
+    monkeypatch.delenv(name, raising=False)
+  asked = []
+  monkeypatch.setattr(socket, 'getaddrinfo', lambda host, port: asked.append(host) or [('addr',)])
+  assert not sources.looks_offline() and asked == [sources.PROBE_HOST]
+
+  def fail(host, port):
+    raise socket.gaierror(-2, 'Name or service not known')
+  monkeypatch.setattr(socket, 'getaddrinfo', fail)
+  assert sources.looks_offline()
+  monkeypatch.setattr(socket, 'getaddrinfo', lambda host, port: time.sleep(2.0))
+  assert sources.looks_offline(timeout=0.1)  # no answer in time counts as offline
+  monkeypatch.setattr(socket, 'getaddrinfo', fail)
+  monkeypatch.setenv('https_proxy', 'http://proxy:3128')
+  assert not sources.looks_offline()  # behind a proxy DNS says nothing
 
 
 def test_unknown_dataset_names_the_key_and_the_choices(make_cfg, no_network):
