@@ -49,6 +49,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # library INFO logs off; --verbosity=0 shows them
   from llm_jax import checkpoint
   from llm_jax import preemption
+  from llm_jax.data import sources
   from llm_jax.train import guard
   from llm_jax.train import loop
   try:
@@ -57,7 +58,7 @@ def main(argv):
     print(f'llm_jax: config error: {e}', file=sys.stderr)
     sys.exit(2)
   except (guard.NonFiniteError, checkpoint.CheckpointError, checkpoint.CheckpointSaveError,
-          preemption.Preempted) as e:
+          preemption.Preempted, sources.DatasetUnavailableError) as e:
     print(f'llm_jax: {e}', file=sys.stderr, flush=True)
     sys.exit(e.exit_code)
 

@@ -46,7 +46,8 @@ _MANUAL_HINTS = {
 
 
 class DatasetUnavailableError(RuntimeError):
-  """A TFDS dataset that could not be downloaded or prepared."""
+  """A TFDS dataset that could not be downloaded or prepared (``python -m llm_jax.main``: exit 7)."""
+  exit_code = 7
 
 
 def register(name: str) -> Callable[[Source], Source]:

@@ -12,6 +12,8 @@ variables, then runs the real entry point (flags, loop, exit codes):
                                  (RLIMIT_FSIZE: EFBIG, as on a full disk)
   LLM_JAX_TEST_READ_ONLY_FROM_SAVE=N  before the N-th save the checkpoint directory becomes
                                  read-only (as root, start the driver without CAP_DAC_OVERRIDE)
+  LLM_JAX_TEST_OFFLINE=1         no host name resolves and no connection opens (a machine
+                                 without network, whatever the test machine has)
 
   python tests/faults/driver.py --config=configs/default.py --workdir=DIR [--config.key=value ...]
 """
@@ -80,7 +82,19 @@ def _patch_saves(delay, full_from, read_only_from):
   checkpoint.Checkpoints.save = guarded_save
 
 
+def _patch_offline():
+  import socket
+
+  def refuse(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, 'Name or service not known (LLM_JAX_TEST_OFFLINE)')
+
+  socket.getaddrinfo = refuse
+  socket.create_connection = refuse
+
+
 def main():
+  if os.environ.get('LLM_JAX_TEST_OFFLINE') == '1':
+    _patch_offline()
   poison, spike = _int('LLM_JAX_TEST_POISON_STEP'), _int('LLM_JAX_TEST_LR_SPIKE_STEP')
   delay = float(os.environ.get('LLM_JAX_TEST_SAVE_DELAY', 0))
   full_from, read_only_from = _int('LLM_JAX_TEST_FULL_FROM_SAVE'), _int('LLM_JAX_TEST_READ_ONLY_FROM_SAVE')

@@ -18,7 +18,7 @@ import pytest
 
 from tests.faults import runs
 
-EXIT_NONFINITE, EXIT_CHECKPOINT, EXIT_SAVE, EXIT_PREEMPTED = 3, 4, 5, 75
+EXIT_NONFINITE, EXIT_CHECKPOINT, EXIT_SAVE, EXIT_DATASET, EXIT_PREEMPTED = 3, 4, 5, 7, 75
 
 
 def _finish(workdir, tmp, reference_losses, expect_resume_from=None, **extra):
@@ -228,3 +228,21 @@ def test_corrupt_newest_checkpoint_errors_or_falls_back(tmp_path, reference, kin
   assert f'[llm_jax] checkpoint step {newest} is corrupt: ' in done.stdout
   assert f'falling back to step {previous}.' in done.stdout
   assert [p.name.split('-')[0] for p in (workdir / 'corrupt_checkpoints').iterdir()] == [str(newest)]
+
+
+# ---- a dataset that cannot be downloaded ------------------------------------------------------
+
+
+def test_offline_tfds_dataset_exits_7_in_one_line_naming_manual_dir(tmp_path):
+  """No network, no manual files: the run says what to do at once, without a traceback."""
+  pytest.importorskip('tensorflow_datasets')
+  workdir = tmp_path / 'run'
+  done = runs.run(workdir, tmp_path, faults={'offline': 1}, timeout=120,
+                  **{'data.dataset': 'tiny_shakespeare', 'data.data_dir': str(tmp_path / 'tfds')})
+  assert done.returncode == EXIT_DATASET, done.stderr[-3000:]
+  assert 'Traceback' not in done.stderr
+  line = next(l for l in done.stderr.splitlines() if l.startswith('llm_jax: '))
+  assert "llm_jax: TFDS dataset 'tiny_shakespeare' could not be downloaded or prepared" in line
+  assert str(tmp_path / 'tfds' / 'downloads' / 'manual') in line and '--config.data.manual_dir=DIR' in line
+  assert 'looks offline' in done.stderr  # tried once, not through TFDS's minutes of retries
+  assert not (workdir / 'checkpoints').exists() or runs.finalized_steps(workdir) == []
