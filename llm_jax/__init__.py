@@ -4,12 +4,13 @@ Importing the package sets XLA:CPU defaults before JAX starts its backend; each 
 touches the CPU backend, and each was measured on 2 CPU cores (``python -m
 llm_jax.bench``, README "Benchmarks and results"):
 
-- ``--xla_cpu_experimental_ynn_fusion_type=`` (no YNNPACK library fusions). jaxlib
-  0.10.2's default list is already empty, so there it changes nothing; it pins that
-  choice for versions whose default enables them, keeping clear of the YNN-fusion
-  miscompilations reported for jaxlib 0.11 on the CPU. (Measured on 0.10.2: turning
-  on the ``dot`` fusions speeds up small batched products in isolation but not the
-  shakespeare_char step, 0.71 against 0.73–0.75 MFU.)
+- ``--xla_cpu_experimental_ynn_fusion_type=`` (no YNNPACK library fusions). Although
+  the flag's help says its default list is empty, jaxlib 0.10.2 without it compiles
+  matrix products, 2-D and batched, into ``__ynn_fusion``s; with it they run through
+  XLA's Eigen path. The batched products of attention run at 125–165 GFLOP/s through
+  YNN against 205–255 through Eigen on 2 cores, and the shakespeare_char step reached
+  0.71 MFU with YNN against 0.73–0.75 without. It also keeps clear of the YNN-fusion
+  miscompilations reported for jaxlib 0.11 on the CPU.
 - ``--xla_cpu_prefer_vector_width=512``, only on CPUs with AVX-512: XLA's generated
   loops (GELU, softmax, norms, Adam) use 512-bit vectors instead of 256-bit ones;
   GELU's forward and backward run about twice as fast and the shakespeare_char step

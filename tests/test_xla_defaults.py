@@ -32,6 +32,20 @@ def test_user_flags_win_and_are_kept():
   assert '--xla_cpu_experimental_ynn_fusion_type=' in flags
 
 
+def test_products_compile_without_ynn_fusions():
+  """The YNN default is what the flag exists for: jaxlib 0.10.2 fuses plain products into YNN without it."""
+  code = ('import llm_jax, jax, jax.numpy as jnp\n'
+          'a, b = jnp.ones((6, 64, 64)), jnp.ones((6, 64, 32))\n'
+          'batched = jax.jit(lambda a, b: jnp.einsum("bij,bjk->bik", a, b)).lower(a, b).compile().as_text()\n'
+          'plain = jax.jit(lambda a, b: a[0] @ b[0]).lower(a, b).compile().as_text()\n'
+          'print("__ynn_fusion" in batched, "__ynn_fusion" in plain)\n')
+  clean = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'LLM_JAX_KEEP_XLA_FLAGS')}
+  clean.update(PYTHONPATH=ROOT + os.pathsep + clean.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-c', code], env=clean, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split()[-2:] == ['False', 'False']
+
+
 def test_keep_xla_flags_sets_nothing():
   assert _flags_after_import(LLM_JAX_KEEP_XLA_FLAGS='1', XLA_FLAGS='--xla_dump_to=/tmp/x') == '--xla_dump_to=/tmp/x'
 
