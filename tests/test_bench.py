@@ -171,4 +171,6 @@ def test_ab_script_names_a_malformed_variant(tmp_path):
   assert proc.returncode != 0 and 'expected NAME:key=value' in proc.stderr
   proc = _run_ab(tmp_path, '--tiny', '--variant=a:model.num_layers')
   assert proc.returncode != 0 and "'model.num_layers' is not key=value" in proc.stderr
+  proc = _run_ab(tmp_path, '--tiny', '--variant=a:model.num_layer=2')
+  assert proc.returncode != 0 and 'did you mean config.model.num_layers?' in proc.stderr
 

@@ -23,6 +23,7 @@ import time
 
 _START = time.time()
 
+import dataclasses  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from llm_jax import hostmem  # noqa: E402
 
 hostmem.reexec_with_hugepages()  # as the bench and training do (llm_jax/hostmem.py)
+_START = hostmem.process_start_time(_START)  # the first process's start, if it re-executed
 
 from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
@@ -90,8 +92,21 @@ def parse_variant(spec: str) -> tuple[str, dict]:
   return name, overrides
 
 
-def build(config):
-  """(trainer, compiled step, state, batch) for one variant."""
+@dataclasses.dataclass
+class Variant:
+  """One variant's compiled step, its running state and the seconds per step of each round."""
+  name: str
+  overrides: dict
+  tokens: int  # per step
+  trainer: object
+  step: object
+  state: object
+  batch: dict
+  times: list = dataclasses.field(default_factory=list)
+
+
+def build(name: str, overrides: dict, config) -> Variant:
+  """The variant's trainer and compiled step, called once (compiled and warm)."""
   from llm_jax.train import loop
   dataset = bench.synthetic_dataset(config)
   with tempfile.TemporaryDirectory() as workdir:
@@ -102,35 +117,28 @@ def build(config):
     step, _, _ = bench.compile_step(trainer, state, batch)
     state, metrics = step(state, batch)  # first call: warm-up
     jax.block_until_ready(metrics)
-  return trainer, step, state, batch
+  return Variant(name, overrides, config.train.batch_size * config.data.seq_len, trainer, step, state, batch)
 
 
 def run(variants: list[tuple[str, dict]], *, config_path: str, steps: int, rounds: int, tiny: bool) -> dict:
   built = []
   for name, overrides in variants:
-    config = bench.with_overrides(config_lib.from_file(config_path), {**BASE, **(TINY if tiny else {}),
-                                                                     **overrides})
-    tokens = config.train.batch_size * config.data.seq_len
-    built.append([name, overrides, tokens, *build(config), []])
+    config = config_lib.from_file(config_path, **{**BASE, **(TINY if tiny else {}), **overrides})
+    built.append(build(name, overrides, config))
   peak = 0.0
   for _ in range(rounds):
-    for entry in built:
-      _, _, _, trainer, step, state, batch, times = entry
-      with trainer.context():
+    for v in built:
+      with v.trainer.context():
         start = time.perf_counter()
         for _ in range(steps):
-          state, metrics = step(state, batch)
+          v.state, metrics = v.step(v.state, v.batch)
         jax.block_until_ready(metrics)
-        times.append((time.perf_counter() - start) / steps)
-      entry[5] = state
+        v.times.append((time.perf_counter() - start) / steps)
       gc.collect()
       peak = max(peak, perf.measure_peak_flops('float32')[0])
-  rows = []
-  for name, overrides, tokens, trainer, _, _, _, times in built:
-    best = min(times)
-    rows.append(dict(name=name, overrides=overrides, step_ms=round(1e3 * best, 2),
-                     median_ms=round(1e3 * float(np.median(times)), 2),
-                     mfu=round(tokens * trainer.flops_per_token / best / peak, 4)))
+  rows = [dict(name=v.name, overrides=v.overrides, step_ms=round(1e3 * min(v.times), 2),
+               median_ms=round(1e3 * float(np.median(v.times)), 2),
+               mfu=round(v.tokens * v.trainer.flops_per_token / min(v.times) / peak, 4)) for v in built]
   return dict(config=config_path, tiny=tiny, steps=steps, rounds=rounds, peak_tflops=round(peak / 1e12, 4),
               variants=rows, seconds=round(time.time() - _START, 1))
 
@@ -149,7 +157,10 @@ def main(argv):
   config_path = FLAGS.config
   if not os.path.exists(config_path) and (ROOT / config_path).exists():
     config_path = str(ROOT / config_path)  # configs/NAME.py from outside the repository
-  result = run(variants, config_path=config_path, steps=FLAGS.steps, rounds=FLAGS.rounds, tiny=FLAGS.tiny)
+  try:
+    result = run(variants, config_path=config_path, steps=FLAGS.steps, rounds=FLAGS.rounds, tiny=FLAGS.tiny)
+  except config_lib.ConfigError as e:
+    raise app.UsageError(str(e))
   for row in result['variants']:
     print(f"{row['name']:16s} {row['step_ms']:9.1f} ms/step (median {row['median_ms']:.1f})  "
           f"MFU {row['mfu']:.3f}")
