@@ -195,20 +195,15 @@ def looks_offline(host: str = PROBE_HOST, timeout: float = 5.0) -> bool:
 def _download_retries(retries: int):
   """TFDS's downloader retries each URL 10 times with exponential backoff (about 3.5
   minutes when every attempt fails at once); within this block it tries ``retries`` times."""
-  try:
-    from tensorflow_datasets.core.download import downloader
-  except ImportError:
-    yield
-    return
-  before = getattr(downloader, 'MAX_RETRIES', None)
-  if before is None:
-    yield
-    return
-  downloader.MAX_RETRIES = retries
+  from tensorflow_datasets.core.download import downloader  # the caller has imported TFDS
+  before = getattr(downloader, 'MAX_RETRIES', None)  # a TFDS without it: nothing to lower
+  if before is not None:
+    downloader.MAX_RETRIES = retries
   try:
     yield
   finally:
-    downloader.MAX_RETRIES = before
+    if before is not None:
+      downloader.MAX_RETRIES = before
 
 
 def _prepare(builder, data_cfg, tfds) -> None:
