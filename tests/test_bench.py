@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from llm_jax import bench
@@ -145,6 +146,33 @@ def test_gpu_script_runs_tiny_on_cpu(tmp_path):
   assert results['parts'][2]['result']['tensorflow_imported'] is False
   assert len((tmp_path / 'gpu_bench.md').read_text().strip().splitlines()) == 2 + 4
 
+
+
+def test_gpu_device_wrapper_runs_tiny_and_returns_only_small_files(tmp_path):
+  """experiments/gpu_bench/device.sh run: what the device tool's command runs on a GPU machine."""
+  device_dir, out, work = tmp_path / 'device', tmp_path / 'out', tmp_path / 'work'
+  (device_dir / 'data').mkdir(parents=True)
+  (device_dir / 'data' / 'input.txt').write_text('ROMEO:\nBut soft, what light.\n\n' * 400)
+  path = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
+  env = dict(os.environ, PYTHONPATH=path, OUT=str(out), GPU_BENCH_WORK=str(work),
+             GPU_BENCH_DEVICE_DIR=str(device_dir))
+  script = ROOT / 'experiments' / 'gpu_bench' / 'device.sh'
+  proc = subprocess.run(['bash', str(script), 'run', '--tiny', '--parts=shakespeare_char'],
+                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert sorted(p.name for p in out.iterdir()) == ['device.txt', 'gpu_bench.json', 'gpu_bench.md', 'log.txt']
+  assert 'jax ' + jax.__version__ in (out / 'device.txt').read_text()
+  part, = json.loads((out / 'gpu_bench.json').read_text())['parts']
+  assert 'error' not in part and part['result']['overrides']['data.files'] == str(device_dir / 'data' / 'input.txt')
+  assert '[gpu_bench] shakespeare_char: done' in (out / 'log.txt').read_text()
+
+  failed = subprocess.run(['bash', str(script), 'run', '--tiny', '--parts=nonesuch'],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+  assert failed.returncode != 0 and 'unknown nonesuch' in (out / 'log.txt').read_text()
+  for args, message in ((['prepare', str(tmp_path / 'missing.txt')], 'is not a non-empty file'),
+                        (['launch'], 'usage:')):
+    bad = subprocess.run(['bash', str(script), *args], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and message in bad.stderr
 
 
 def _run_ab(tmp_path, *args):
