@@ -17,6 +17,7 @@ mlp_hidden, mlp_out; see ``layers``). Every policy gives the plain path's values
 and gradients.
 """
 
+import math
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -182,7 +183,7 @@ def matmul_params(params_shapes, cfg: TransformerConfig) -> int:
       continue
     if 'token_embed' in keys and not cfg.tie_embeddings:
       continue
-    total += int(jnp.size(leaf)) if hasattr(leaf, 'size') else 0
+    total += math.prod(leaf.shape) if hasattr(leaf, 'shape') else 0
   return total
 
 

@@ -47,7 +47,7 @@ def wrap(train_step: Callable, mode: str) -> Callable:
 
   def guarded(state, batch):
     new, metrics = train_step(state, batch)
-    metrics = dict(metrics, param_norm=optax.global_norm(new.params))
+    metrics = dict(metrics, param_norm=optax.tree.norm(new.params))
     if mode == 'skip':
       finite = jnp.all(jnp.stack([jnp.isfinite(metrics[k]) for k in CHECKED]))
       keep = lambda n, o: jnp.where(finite, n, o)

@@ -107,7 +107,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(train_loss=out['nll_sum'] / denom,
-                   grad_norm=optax.global_norm(grads),
+                   grad_norm=optax.tree.norm(grads),
                    learning_rate=lr_schedule(state.step),
                    target_tokens=out['weight_sum'])
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
