@@ -39,7 +39,7 @@ compiled step's ``memory_analysis()``: arguments + outputs + temporaries - alias
 
 if __name__ == '__main__':
   from llm_jax import hostmem
-  hostmem.reexec_with_hugepages()  # before anything starts threads (see llm_jax/hostmem.py)
+  hostmem.setup()  # before anything starts threads (see llm_jax/hostmem.py)
 
 import json  # noqa: E402
 import math

@@ -1,4 +1,4 @@
-"""Transparent huge pages for XLA:CPU's buffers: the entry points re-execute once with a glibc tunable.
+"""Host memory for XLA:CPU's buffers: the entry points re-execute once with glibc tunables.
 
 XLA:CPU allocates every step's temporary buffers with ``malloc`` (about 950 MB per step
 at ``shakespeare_char`` shapes, batch 16). glibc serves allocations that large from
@@ -11,14 +11,34 @@ transparent huge pages (2 MiB): about 800 faults per step instead, and the
 "Benchmarks").
 
 glibc reads tunables once, when the process starts, so nothing inside a running
-Python can switch it on. ``reexec_with_hugepages()``, called first thing by
-``python -m llm_jax.main``, ``llm_jax.bench`` and ``llm_jax.sample``, replaces the
+Python can switch it on. ``setup()``, called first thing by ``python -m
+llm_jax.main``, ``llm_jax.bench`` and ``llm_jax.sample``, runs
+``reexec_with_hugepages()``, which replaces the
 process (same PID, arguments, environment and open files) with the same command
 line plus ``GLIBC_TUNABLES=...:glibc.malloc.hugetlb=1``. It does nothing when the
 tunable is already set (so it runs at most once), off Linux/glibc, on glibc older
 than 2.35 (which ignores the tunable), when the kernel's transparent huge pages are
-``never``, or when ``LLM_JAX_HUGEPAGES=0``. In a notebook or your own script, start
-Python with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` set to get the same effect.
+``never``, or when ``LLM_JAX_HUGEPAGES=0``.
+
+Huge pages make the faults cheap but not free: each step still maps, zeroes and unmaps
+its 950 MB, about 50 ms of kernel time per step, and on a virtual machine whose host
+takes freed memory back (the development VM) 150-400 ms when steps follow each other
+without a pause. So the tunables also keep freed memory in the process:
+``glibc.malloc.mmap_max=0`` (large blocks come from the heap, not fresh mappings) and
+a ``glibc.malloc.trim_threshold`` of 1 TiB (the heap is never handed back). That works
+for the thread that uses glibc's main heap, Python's main thread; glibc's per-thread
+heaps cannot hold a block over 64 MB and map it fresh anyway. ``setup()`` therefore
+also tells jax to run single-device CPU computations in the calling thread
+(``jax_cpu_enable_async_dispatch=False``; it must be set before the CPU backend
+starts, and multi-device computations stay asynchronous): the step's temporaries then
+come from the main heap and are reused from step to step, with no page faults and no
+kernel time, and steps that follow each other run as fast as steps after a pause
+(README, "Speed and memory levers"). The cost is that the process keeps the host
+memory it has freed, so its resident size stays at its peak.
+
+In a notebook or your own script, start Python with ``GLIBC_TUNABLES`` set to
+``tunables_with_hugepages('')`` and call ``run_cpu_computations_inline()`` before the
+first computation to get the same effect.
 """
 
 import os
@@ -26,6 +46,7 @@ import sys
 import time
 
 TUNABLE = 'glibc.malloc.hugetlb'
+KEEP_FREED = {'glibc.malloc.mmap_max': '0', 'glibc.malloc.trim_threshold': str(1 << 40)}
 OPT_OUT = 'LLM_JAX_HUGEPAGES'
 START_TIME = 'LLM_JAX_START_TIME'  # the first process's start, kept across the re-execution
 _THP = '/sys/kernel/mm/transparent_hugepage/enabled'
@@ -77,8 +98,37 @@ def why_not(environ=None) -> str:
 
 
 def tunables_with_hugepages(current: str) -> str:
-  """GLIBC_TUNABLES with ``glibc.malloc.hugetlb=1`` added to what it already holds."""
-  return f'{current}:{TUNABLE}=1' if current else f'{TUNABLE}=1'
+  """GLIBC_TUNABLES with ``glibc.malloc.hugetlb=1`` and ``KEEP_FREED`` added to what it holds.
+
+  A tunable already named in ``current`` keeps its value.
+  """
+  named = {item.split('=', 1)[0] for item in current.split(':') if item}
+  added = [f'{k}={v}' for k, v in {TUNABLE: '1', **KEEP_FREED}.items() if k not in named]
+  return ':'.join(([current] if current else []) + added)
+
+
+def keeps_freed_memory(environ=None) -> bool:
+  """Whether this process's glibc keeps large freed blocks (``KEEP_FREED`` is in effect)."""
+  environ = os.environ if environ is None else environ
+  held = dict(item.split('=', 1) for item in environ.get('GLIBC_TUNABLES', '').split(':') if '=' in item)
+  return all(held.get(k) == v for k, v in KEEP_FREED.items())
+
+
+def run_cpu_computations_inline() -> None:
+  """Single-device CPU computations run in the calling thread: their buffers then come
+  from glibc's main heap, which ``KEEP_FREED`` keeps (module docstring). Call it before
+  the first computation; later, jax's CPU backend has started and it changes nothing."""
+  import jax
+  jax.config.update('jax_cpu_enable_async_dispatch', False)
+
+
+def setup() -> None:
+  """What the entry points call first: ``reexec_with_hugepages()``, then, where glibc
+  keeps freed memory, ``run_cpu_computations_inline()``. Returns only where it does
+  not re-execute."""
+  reexec_with_hugepages()
+  if keeps_freed_memory():
+    run_cpu_computations_inline()
 
 
 def reexec_with_hugepages() -> None:

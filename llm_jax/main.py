@@ -17,7 +17,7 @@ resume).
 
 if __name__ == '__main__':
   from llm_jax import hostmem
-  hostmem.reexec_with_hugepages()  # before anything starts threads (see llm_jax/hostmem.py)
+  hostmem.setup()  # before anything starts threads (see llm_jax/hostmem.py)
 
 import sys  # noqa: E402
 

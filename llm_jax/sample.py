@@ -11,7 +11,7 @@ function, for notebooks and for the training loop's end-of-run sample.
 
 if __name__ == '__main__':
   from llm_jax import hostmem
-  hostmem.reexec_with_hugepages()  # before anything starts threads (see llm_jax/hostmem.py)
+  hostmem.setup()  # before anything starts threads (see llm_jax/hostmem.py)
 
 import sys  # noqa: E402
 

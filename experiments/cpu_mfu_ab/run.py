@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from llm_jax import hostmem  # noqa: E402
 
-hostmem.reexec_with_hugepages()  # as the bench and training do (llm_jax/hostmem.py)
+hostmem.setup()  # as the bench and training do (llm_jax/hostmem.py)
 _START = hostmem.process_start_time(_START)  # the first process's start, if it re-executed
 
 from absl import app, flags  # noqa: E402

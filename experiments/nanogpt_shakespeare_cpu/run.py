@@ -18,7 +18,7 @@ _START = time.time()
 
 from llm_jax import hostmem  # noqa: E402
 
-hostmem.reexec_with_hugepages()  # transparent huge pages for XLA:CPU's buffers (llm_jax/hostmem.py)
+hostmem.setup()  # huge pages, kept host memory for XLA:CPU's buffers (llm_jax/hostmem.py)
 _START = hostmem.process_start_time(_START)  # the first process's start, if it re-executed
 
 import json  # noqa: E402
