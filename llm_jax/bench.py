@@ -46,6 +46,7 @@ import math
 import sys
 import tempfile
 import time
+from typing import Optional
 
 import jax
 import ml_collections
@@ -151,15 +152,18 @@ def memory_stats(compiled) -> dict:
               memory_breakdown={k: v for k, v in parts.items() if v is not None})
 
 
-def compile_step(trainer, state, batch):
+def compile_step(trainer, state, batch, compiler_options: Optional[dict] = None):
   """(callable step, seconds to trace + lower + compile or None, memory_stats) of the train step.
 
+  ``compiler_options``: XLA options for this compilation alone (``{'xla_...': value}``).
   The pmap path has no ``lower``; its step compiles on the first call (timed by the caller).
   """
   if not hasattr(trainer.train_step, 'lower'):
+    if compiler_options:
+      raise ValueError('compiler_options need a jit-compiled step; the pmap path compiles on its first call.')
     return trainer.train_step, None, memory_stats(None)
   start = time.perf_counter()
-  compiled = trainer.train_step.lower(state, batch).compile()
+  compiled = trainer.train_step.lower(state, batch).compile(compiler_options=compiler_options or None)
   return compiled, time.perf_counter() - start, memory_stats(compiled)
 
 

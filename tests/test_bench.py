@@ -194,6 +194,29 @@ def test_ab_script_times_variants_in_one_process(tmp_path):
   assert 'standin' in proc.stdout and 'MFU' in proc.stdout
 
 
+def test_compile_step_applies_compiler_options_to_that_compilation_alone(tmp_path):
+  from llm_jax.train import loop
+  config = tiny(**{'model.dropout_rate': 0.0})
+  dataset = bench.synthetic_dataset(config)
+  trainer = loop.build_trainer(config, str(tmp_path), dataset=dataset)
+  with trainer.context():
+    state = trainer.init()
+    batch = trainer.device_batch(dataset.train_batch(0))
+    plain, _, _ = bench.compile_step(trainer, state, batch)
+    flat, _, _ = bench.compile_step(trainer, state, batch, {'xla_disable_hlo_passes': 'tree_reduction_rewriter'})
+  # XLA:CPU rewrites the norms' reductions into reduce-windows unless that pass is off
+  assert 'reduce-window' in plain.as_text() and 'reduce-window' not in flat.as_text()
+
+
+def test_ab_script_takes_xla_options_per_variant(tmp_path):
+  proc = _run_ab(tmp_path, '--tiny', '--rounds=1', '--steps=1', '--variant=base:',
+                 '--variant=flat:xla_disable_hlo_passes=tree_reduction_rewriter', f'--out={tmp_path / "ab.json"}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = json.loads((tmp_path / 'ab.json').read_text())['variants']
+  assert rows[1]['overrides'] == {'xla_disable_hlo_passes': 'tree_reduction_rewriter'}
+  proc = _run_ab(tmp_path, '--tiny', '--variant=a:xla_cpu_experimental_ynn_fusion_type=reduce')
+  assert proc.returncode != 0 and "--variant a: XLA rejects" in proc.stderr and 'not a valid enum' in proc.stderr
+
 def test_ab_script_names_a_malformed_variant(tmp_path):
   proc = _run_ab(tmp_path, '--tiny', '--variant=base')
   assert proc.returncode != 0 and 'expected NAME:key=value' in proc.stderr

@@ -13,6 +13,12 @@ time and MFU against the highest peak. Separate processes (``llm_jax.bench --swe
 run-to-run spreads of about ±5% on a shared 2-core machine, larger than most effects
 worth testing.
 
+A key that starts with ``xla_`` is an XLA option for that variant's compilation alone
+(``compile(compiler_options=...)``), so XLA flags can be compared in one process too:
+``--variant='notree:xla_disable_hlo_passes=tree_reduction_rewriter'``. Options that are
+lists of enums take the enum names, e.g.
+``xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE``.
+
 Nothing here checks numerics: it answers "how much time is this part of the step?".
 ``model.attention_kernel=standin`` swaps attention for ``q * k + v`` (wrong values, same
 shapes, cheap and differentiable), so base minus standin is what attention costs in the
@@ -30,6 +36,7 @@ import os  # noqa: E402
 import pathlib  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+from typing import Optional  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -105,7 +112,13 @@ class Variant:
   times: list = dataclasses.field(default_factory=list)
 
 
-def build(name: str, overrides: dict, config) -> Variant:
+def split_overrides(overrides: dict) -> tuple[dict, dict]:
+  """(config overrides, XLA compiler options): keys starting with 'xla_' are the latter."""
+  xla = {k: v for k, v in overrides.items() if k.startswith('xla_')}
+  return {k: v for k, v in overrides.items() if k not in xla}, xla
+
+
+def build(name: str, overrides: dict, config, compiler_options: Optional[dict] = None) -> Variant:
   """The variant's trainer and compiled step, called once (compiled and warm)."""
   from llm_jax.train import loop
   dataset = bench.synthetic_dataset(config)
@@ -114,7 +127,12 @@ def build(name: str, overrides: dict, config) -> Variant:
   with trainer.context():
     state = trainer.init()
     batch = trainer.device_batch(dataset.train_batch(0))
-    step, _, _ = bench.compile_step(trainer, state, batch)
+    try:
+      step, _, _ = bench.compile_step(trainer, state, batch, compiler_options)
+    except jax.errors.JaxRuntimeError as e:
+      if not compiler_options or 'INVALID_ARGUMENT' not in str(e):
+        raise
+      raise ValueError(f'--variant {name}: XLA rejects {compiler_options}: {str(e).splitlines()[0]}') from None
     state, metrics = step(state, batch)  # first call: warm-up
     jax.block_until_ready(metrics)
   return Variant(name, overrides, config.train.batch_size * config.data.seq_len, trainer, step, state, batch)
@@ -123,8 +141,9 @@ def build(name: str, overrides: dict, config) -> Variant:
 def run(variants: list[tuple[str, dict]], *, config_path: str, steps: int, rounds: int, tiny: bool) -> dict:
   built = []
   for name, overrides in variants:
-    config = config_lib.from_file(config_path, **{**BASE, **(TINY if tiny else {}), **overrides})
-    built.append(build(name, overrides, config))
+    settings, xla = split_overrides(overrides)
+    config = config_lib.from_file(config_path, **{**BASE, **(TINY if tiny else {}), **settings})
+    built.append(build(name, overrides, config, xla))
   peak = 0.0
   for _ in range(rounds):
     for v in built:
@@ -159,7 +178,7 @@ def main(argv):
     config_path = str(ROOT / config_path)  # configs/NAME.py from outside the repository
   try:
     result = run(variants, config_path=config_path, steps=FLAGS.steps, rounds=FLAGS.rounds, tiny=FLAGS.tiny)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, ValueError) as e:
     raise app.UsageError(str(e))
   for row in result['variants']:
     print(f"{row['name']:16s} {row['step_ms']:9.1f} ms/step (median {row['median_ms']:.1f})  "
