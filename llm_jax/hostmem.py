@@ -46,6 +46,7 @@ import sys
 import time
 
 TUNABLE = 'glibc.malloc.hugetlb'
+ASYNC_DISPATCH = 'jax_cpu_enable_async_dispatch'  # jax's option, read when its CPU backend starts
 KEEP_FREED = {'glibc.malloc.mmap_max': '0', 'glibc.malloc.trim_threshold': str(1 << 40)}
 OPT_OUT = 'LLM_JAX_HUGEPAGES'
 START_TIME = 'LLM_JAX_START_TIME'  # the first process's start, kept across the re-execution
@@ -119,7 +120,11 @@ def run_cpu_computations_inline() -> None:
   from glibc's main heap, which ``KEEP_FREED`` keeps (module docstring). Call it before
   the first computation; later, jax's CPU backend has started and it changes nothing."""
   import jax
-  jax.config.update('jax_cpu_enable_async_dispatch', False)
+  try:
+    jax.config.update(ASYNC_DISPATCH, False)
+  except AttributeError:  # a jax without the option: computations stay asynchronous, nothing breaks
+    print(f'[llm_jax] this jax has no {ASYNC_DISPATCH} option; CPU steps map their temporaries '
+          'afresh each step (llm_jax/hostmem.py).', file=sys.stderr, flush=True)
 
 
 def setup() -> None:

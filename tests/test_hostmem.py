@@ -140,3 +140,9 @@ def test_setup_reuses_a_computations_temporaries_from_call_to_call():
   assert (inline, async_, opted_out) == ('False', 'True', 'True')
   assert int(huge_only) >= 5 * 32 // 2  # a fresh 64 MiB each call: 32 huge pages or more 4 KiB ones
   assert int(kept) < 32, (kept, huge_only)  # not even one call's worth
+
+
+def test_a_jax_without_the_dispatch_option_goes_on_with_a_notice(monkeypatch, capsys):
+  monkeypatch.setattr(hostmem, 'ASYNC_DISPATCH', 'jax_option_this_jax_does_not_have')
+  hostmem.run_cpu_computations_inline()
+  assert 'has no jax_option_this_jax_does_not_have option' in capsys.readouterr().err
