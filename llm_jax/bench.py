@@ -330,8 +330,10 @@ def run(config, mode: str) -> dict:
   so ``sample.prompt`` is cleared: its length checks do not apply)."""
   from llm_jax import bench_decode
   from llm_jax import bench_sweep
+  from llm_jax import hostmem
   config = with_overrides(config, {'sample.prompt': ''})
-  result = {'mode': mode}
+  # how the host allocates XLA:CPU's buffers changes CPU step times (llm_jax/hostmem.py)
+  result = {'mode': mode, 'host_memory': hostmem.describe()}
   if mode in ('train', 'all'):
     result.update(benchmark_training(config, steps=FLAGS.steps, warmup=FLAGS.warmup, rounds=FLAGS.rounds,
                                      vocab_size=FLAGS.vocab_size, check=FLAGS.check_reference,

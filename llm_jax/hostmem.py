@@ -127,6 +127,17 @@ def run_cpu_computations_inline() -> None:
           'afresh each step (llm_jax/hostmem.py).', file=sys.stderr, flush=True)
 
 
+def describe() -> dict:
+  """This process's settings, for benchmark records: the glibc tunables and jax's CPU dispatch."""
+  import jax
+  try:
+    inline = not jax.config.read(ASYNC_DISPATCH)
+  except (AttributeError, KeyError):
+    inline = False
+  return dict(glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''), keeps_freed_memory=keeps_freed_memory(),
+              cpu_computations_inline=inline)
+
+
 def setup() -> None:
   """What the entry points call first: ``reexec_with_hugepages()``, then, where glibc
   keeps freed memory, ``run_cpu_computations_inline()``. Returns only where it does

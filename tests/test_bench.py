@@ -144,6 +144,8 @@ def test_gpu_script_runs_tiny_on_cpu(tmp_path):
   assert [p['part'] for p in results['parts']] == ['gpt2_small', 'bench_1b', 'shakespeare_char', 'decode']
   assert not [p['error'] for p in results['parts'] if 'error' in p]
   assert results['parts'][2]['result']['tensorflow_imported'] is False
+  assert set(results['parts'][0]['result']['host_memory']) == {'glibc_tunables', 'keeps_freed_memory',
+                                                              'cpu_computations_inline'}
   assert len((tmp_path / 'gpu_bench.md').read_text().strip().splitlines()) == 2 + 4
 
 

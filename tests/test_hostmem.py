@@ -146,3 +146,15 @@ def test_a_jax_without_the_dispatch_option_goes_on_with_a_notice(monkeypatch, ca
   monkeypatch.setattr(hostmem, 'ASYNC_DISPATCH', 'jax_option_this_jax_does_not_have')
   hostmem.run_cpu_computations_inline()
   assert 'has no jax_option_this_jax_does_not_have option' in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not AVAILABLE, reason=f'no re-execution here: {hostmem.why_not({})}')
+def test_describe_records_the_settings_in_effect():
+  code = '''
+      from llm_jax import hostmem
+      hostmem.setup()
+      d = hostmem.describe()
+      print(d['keeps_freed_memory'], d['cpu_computations_inline'], d['glibc_tunables'])
+  '''
+  assert _run(code)[-1] == 'True True glibc.malloc.hugetlb=1:' + KEEP
+  assert _run(code, LLM_JAX_HUGEPAGES='0')[-1] == 'False False '
