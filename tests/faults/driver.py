@@ -93,6 +93,8 @@ def _patch_offline():
 
 
 def main():
+  from llm_jax import hostmem
+  hostmem.setup()  # as `python -m llm_jax.main` does first: the faults hit the production settings
   if os.environ.get('LLM_JAX_TEST_OFFLINE') == '1':
     _patch_offline()
   poison, spike = _int('LLM_JAX_TEST_POISON_STEP'), _int('LLM_JAX_TEST_LR_SPIKE_STEP')
