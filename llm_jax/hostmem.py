@@ -98,12 +98,17 @@ def why_not(environ=None) -> str:
   return ''
 
 
+def _tunables(text: str) -> dict:
+  """'a=1:b=2' (a GLIBC_TUNABLES value) -> {'a': '1', 'b': '2'}."""
+  return dict(item.split('=', 1) for item in text.split(':') if '=' in item)
+
+
 def tunables_with_hugepages(current: str) -> str:
   """GLIBC_TUNABLES with ``glibc.malloc.hugetlb=1`` and ``KEEP_FREED`` added to what it holds.
 
   A tunable already named in ``current`` keeps its value.
   """
-  named = {item.split('=', 1)[0] for item in current.split(':') if item}
+  named = _tunables(current)
   added = [f'{k}={v}' for k, v in {TUNABLE: '1', **KEEP_FREED}.items() if k not in named]
   return ':'.join(([current] if current else []) + added)
 
@@ -111,7 +116,7 @@ def tunables_with_hugepages(current: str) -> str:
 def keeps_freed_memory(environ=None) -> bool:
   """Whether this process's glibc keeps large freed blocks (``KEEP_FREED`` is in effect)."""
   environ = os.environ if environ is None else environ
-  held = dict(item.split('=', 1) for item in environ.get('GLIBC_TUNABLES', '').split(':') if '=' in item)
+  held = _tunables(environ.get('GLIBC_TUNABLES', ''))
   return all(held.get(k) == v for k, v in KEEP_FREED.items())
 
 
@@ -132,7 +137,7 @@ def describe() -> dict:
   import jax
   try:
     inline = not jax.config.read(ASYNC_DISPATCH)
-  except (AttributeError, KeyError):
+  except AttributeError:  # a jax without the option (as in run_cpu_computations_inline)
     inline = False
   return dict(glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''), keeps_freed_memory=keeps_freed_memory(),
               cpu_computations_inline=inline)
