@@ -11,6 +11,8 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from llm_jax import bench
@@ -177,11 +179,16 @@ def test_gpu_device_wrapper_runs_tiny_and_returns_only_small_files(tmp_path):
     assert bad.returncode == 2 and message in bad.stderr
 
 
-def _run_ab(tmp_path, *args):
+def _run_cpu_mfu_ab(script: str, tmp_path, *args):
+  """Runs experiments/cpu_mfu_ab/SCRIPT with ARGS from tmp_path, as a user would."""
   path = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
-  script = ROOT / 'experiments' / 'cpu_mfu_ab' / 'run.py'
-  return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=tmp_path,
-                        env=dict(os.environ, PYTHONPATH=path), timeout=600)
+  return subprocess.run([sys.executable, str(ROOT / 'experiments' / 'cpu_mfu_ab' / script), *args],
+                        capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=path),
+                        timeout=600)
+
+
+def _run_ab(tmp_path, *args):
+  return _run_cpu_mfu_ab('run.py', tmp_path, *args)
 
 
 def test_ab_script_times_variants_in_one_process(tmp_path):
@@ -192,8 +199,54 @@ def test_ab_script_times_variants_in_one_process(tmp_path):
   result = json.loads((tmp_path / 'ab.json').read_text())
   assert [v['name'] for v in result['variants']] == ['base', 'standin']
   assert result['variants'][1]['overrides'] == {'model.attention_kernel': 'standin', 'model.attention_block': 32}
-  assert all(v['step_ms'] > 0 and 0 < v['mfu'] for v in result['variants'])
-  assert 'standin' in proc.stdout and 'MFU' in proc.stdout
+  assert all(v['step_ms'] > 0 and 0 < v['mfu'] and 0 < v['cores'] for v in result['variants'])
+  assert 'standin' in proc.stdout and 'MFU' in proc.stdout and 'cores' in proc.stdout
+
+
+def _run_attention_timer(tmp_path, *args):
+  return _run_cpu_mfu_ab('attention.py', tmp_path, *args)
+
+
+def test_attention_timer_times_kernels_alone_and_checks_their_values(tmp_path):
+  out = tmp_path / 'attention.json'
+  proc = _run_attention_timer(tmp_path, '--tiny', '--rounds=1', '--iters=1', '--kernel=blocked',
+                              '--kernel=chunks2', '--kernel=products', f'--out={out}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = {r['kernel']: r for r in json.loads(out.read_text())['kernels']}
+  assert list(rows) == ['blocked', 'chunks2', 'products']
+  assert all(r['forward_ms'] > 0 and r['train_ms'] > 0 and r['train_cores'] > 0 for r in rows.values())
+  # kernels that compute attention are compared with 'xla'; the timing stand-ins are not
+  assert rows['blocked']['max_relative_error'] < 1e-5 and rows['chunks2']['max_relative_error'] < 1e-5
+  assert rows['products']['max_relative_error'] is None
+  bad = _run_attention_timer(tmp_path, '--tiny', '--kernel=nonesuch')
+  assert bad.returncode != 0 and "--kernel='nonesuch' is unknown" in bad.stderr
+
+
+@pytest.fixture
+def timing_kernels(monkeypatch):
+  """experiments/cpu_mfu_ab/kernels.py, registered for this test only."""
+  import importlib
+  monkeypatch.setattr(attention, '_KERNELS', dict(attention._KERNELS))
+  monkeypatch.syspath_prepend(str(ROOT / 'experiments' / 'cpu_mfu_ab'))
+  import kernels
+  return importlib.reload(kernels)
+
+
+def test_timing_kernels_chunks_equal_blocked_and_stand_ins_keep_shapes(timing_kernels):
+  from llm_jax.models import layers
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal((4, 32, 2, 8)), jnp.float32) for _ in range(3))
+  seg = jnp.asarray(np.repeat([[1] * 20 + [2] * 12], 4, axis=0))
+  pos = jnp.asarray(np.repeat([list(range(20)) + list(range(12))], 4, axis=0))
+  mask = layers.attention_mask(seg, seg, pos, pos, causal=True)
+  want = attention.xla_attention(q, k, v, mask=mask)
+  for name in ('chunks2', 'chunks4'):
+    got = attention.get(name)(q, k, v, mask=mask, causal=True, block=8)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  for name in timing_kernels.WRONG_VALUES:
+    assert attention.get(name)(q, k, v, mask=mask, causal=True, block=8).shape == q.shape
+  with pytest.raises(ValueError, match='chunks8 needs a batch divisible by 8'):
+    attention.get('chunks8')(q, k, v, mask=mask, causal=True, block=8)
 
 
 def test_compile_step_applies_compiler_options_to_that_compilation_alone(tmp_path):

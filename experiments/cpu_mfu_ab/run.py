@@ -9,7 +9,8 @@ configs/shakespeare_char.py at batch 16 with dropout 0) with those overrides. Al
 variants are compiled in this one process and timed in alternating rounds (``--steps``
 steps each), a float32 2048² matrix product measured between rounds as the bench does,
 so a busy machine slows every variant alike; each variant's fastest round gives its step
-time and MFU against the highest peak. Separate processes (``llm_jax.bench --sweep``) see
+time, MFU against the highest peak, and the cores the process kept busy in that round
+(CPU time over wall time, from ``getrusage``). Separate processes (``llm_jax.bench --sweep``) see
 run-to-run spreads of about ±5% on a shared 2-core machine, larger than most effects
 worth testing.
 
@@ -20,9 +21,11 @@ lists of enums take the enum names, e.g.
 ``xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE``.
 
 Nothing here checks numerics: it answers "how much time is this part of the step?".
-``model.attention_kernel=standin`` swaps attention for ``q * k + v`` (wrong values, same
-shapes, cheap and differentiable), so base minus standin is what attention costs in the
-step. Writes ``--out`` (JSON) when given.
+``kernels.py`` registers attention kernels for that: ``model.attention_kernel=standin``
+swaps attention for ``q * k + v`` (wrong values, same shapes, cheap and differentiable), so
+base minus standin is what attention costs in the step; ``products`` and ``nomask`` leave
+out the softmax and mask, ``chunks2/4/8`` split attention into independent pieces.
+``attention.py`` times the kernels alone. Writes ``--out`` (JSON) when given.
 """
 
 import time
@@ -34,12 +37,14 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import pathlib  # noqa: E402
+import resource  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from typing import Optional  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # kernels.py
 
 from llm_jax import hostmem  # noqa: E402
 
@@ -53,7 +58,8 @@ import numpy as np  # noqa: E402
 from llm_jax import bench  # noqa: E402
 from llm_jax import config as config_lib  # noqa: E402
 from llm_jax import perf  # noqa: E402
-from llm_jax.models import attention  # noqa: E402
+
+import kernels  # noqa: E402,F401  (registers standin, products, nomask, chunks2/4/8)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('config', 'configs/shakespeare_char.py', 'Config file every variant starts from.')
@@ -66,13 +72,6 @@ flags.DEFINE_string('out', '', 'Write the results here as JSON.')
 BASE = {'train.batch_size': 16, 'model.dropout_rate': 0.0}
 TINY = {'model.num_layers': 2, 'model.num_heads': 2, 'model.emb_dim': 64, 'data.seq_len': 64,
         'train.batch_size': 4, 'model.attention_block': 16}
-
-
-@attention.register('standin', supports_dropout=True)
-def standin_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
-  """Not attention: ``q * k + v``, for timing the step without attention's cost."""
-  del mask, dropout, causal, block
-  return q * k + v
 
 
 def _value(text: str):
@@ -110,6 +109,12 @@ class Variant:
   state: object
   batch: dict
   times: list = dataclasses.field(default_factory=list)
+  cores: list = dataclasses.field(default_factory=list)  # process CPU time / wall time, per round
+
+
+def _cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
 
 
 def split_overrides(overrides: dict) -> tuple[dict, dict]:
@@ -148,15 +153,18 @@ def run(variants: list[tuple[str, dict]], *, config_path: str, steps: int, round
   for _ in range(rounds):
     for v in built:
       with v.trainer.context():
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         for _ in range(steps):
           v.state, metrics = v.step(v.state, v.batch)
         jax.block_until_ready(metrics)
-        v.times.append((time.perf_counter() - start) / steps)
+        wall = time.perf_counter() - start
+        v.times.append(wall / steps)
+        v.cores.append((_cpu_seconds() - cpu) / wall)
       gc.collect()
       peak = max(peak, perf.measure_peak_flops('float32')[0])
   rows = [dict(name=v.name, overrides=v.overrides, step_ms=round(1e3 * min(v.times), 2),
                median_ms=round(1e3 * float(np.median(v.times)), 2),
+               cores=round(v.cores[int(np.argmin(v.times))], 2),
                mfu=round(v.tokens * v.trainer.flops_per_token / min(v.times) / peak, 4)) for v in built]
   return dict(config=config_path, tiny=tiny, steps=steps, rounds=rounds, peak_tflops=round(peak / 1e12, 4),
               variants=rows, seconds=round(time.time() - _START, 1))
@@ -182,7 +190,7 @@ def main(argv):
     raise app.UsageError(str(e))
   for row in result['variants']:
     print(f"{row['name']:16s} {row['step_ms']:9.1f} ms/step (median {row['median_ms']:.1f})  "
-          f"MFU {row['mfu']:.3f}")
+          f"MFU {row['mfu']:.3f}  {row['cores']:.2f} cores")
   if FLAGS.out:
     pathlib.Path(FLAGS.out).write_text(json.dumps(result, indent=1) + '\n')
 
