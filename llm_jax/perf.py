@@ -2,10 +2,12 @@
 
 On the CPU the peak is *measured*: a jitted square matrix product in the compute dtype,
 best of several runs, in the same process as the training being judged. On GPUs and
-TPUs it is the datasheet's dense figure for the chip.
+TPUs it is the datasheet's dense figure for the chip. ``cpu_seconds`` is the process's
+CPU time, for how many cores a timed stretch kept busy (CPU seconds over wall seconds).
 """
 
 import functools
+import resource
 import time
 
 import jax
@@ -23,6 +25,12 @@ DATASHEET_TFLOPS = {
     'TPU v6 lite': 918.0,
     'TPU v6e': 918.0,
 }
+
+
+def cpu_seconds() -> float:
+  """User + system CPU seconds this process has used so far, all threads (``getrusage``)."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
 
 
 def measure_matmul_flops(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:

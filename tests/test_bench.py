@@ -9,6 +9,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -280,3 +281,12 @@ def test_ab_script_names_a_malformed_variant(tmp_path):
   proc = _run_ab(tmp_path, '--tiny', '--variant=a:model.num_layer=2')
   assert proc.returncode != 0 and 'did you mean config.model.num_layers?' in proc.stderr
 
+
+
+def test_cpu_seconds_counts_this_process_busy_time():
+  from llm_jax import perf
+  start_cpu, start_wall = perf.cpu_seconds(), time.perf_counter()
+  while time.perf_counter() - start_wall < 0.3:  # busy in Python: one thread's worth of CPU time
+    pass
+  busy = perf.cpu_seconds() - start_cpu
+  assert 0.2 < busy < 0.3 * 2 + 0.1

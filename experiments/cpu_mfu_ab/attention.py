@@ -21,7 +21,6 @@ _START = time.time()
 
 import json  # noqa: E402
 import pathlib  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -39,6 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from llm_jax import config as config_lib  # noqa: E402
+from llm_jax import perf  # noqa: E402
 from llm_jax.models import attention, layers  # noqa: E402
 
 import kernels  # noqa: E402
@@ -53,18 +53,13 @@ flags.DEFINE_bool('tiny', False, 'Tiny shapes (batch 4, T 64, 2 heads of 32, blo
 flags.DEFINE_string('out', '', 'Write the results here as JSON.')
 
 
-def _cpu_seconds() -> float:
-  usage = resource.getrusage(resource.RUSAGE_SELF)
-  return usage.ru_utime + usage.ru_stime
-
-
 def shapes(config_path: str, batch: int, tiny: bool) -> dict:
   """b, t, heads, kv_heads, head_dim and block of one attention layer of the config."""
   if tiny:
     return dict(b=4, t=64, heads=2, kv_heads=2, head_dim=32, block=16)
-  model = config_lib.model_config(config_lib.from_file(config_path), vocab_size=256)
-  t = config_lib.from_file(config_path).data.seq_len
-  return dict(b=batch, t=t, heads=model.num_heads, kv_heads=model.num_kv_heads,
+  config = config_lib.from_file(config_path)
+  model = config_lib.model_config(config, vocab_size=256)
+  return dict(b=batch, t=config.data.seq_len, heads=model.num_heads, kv_heads=model.num_kv_heads,
               head_dim=model.head_dim, block=model.attention_block)
 
 
@@ -106,13 +101,13 @@ def run(names: list[str], *, config_path: str, batch: int, rounds: int, iters: i
       for part in (0, 1):
         fn = fns[name][part]
         jax.block_until_ready(fn(*args))
-        start, cpu = time.perf_counter(), _cpu_seconds()
+        start, cpu = time.perf_counter(), perf.cpu_seconds()
         for _ in range(iters):
           out = fn(*args)
         jax.block_until_ready(out)
         wall = time.perf_counter() - start
         if wall / iters < best[name, part][0]:
-          best[name, part] = (wall / iters, (_cpu_seconds() - cpu) / wall)
+          best[name, part] = (wall / iters, (perf.cpu_seconds() - cpu) / wall)
   rows = [dict(kernel=name, forward_ms=round(1e3 * best[name, 0][0], 3), forward_cores=round(best[name, 0][1], 2),
                train_ms=round(1e3 * best[name, 1][0], 3), train_cores=round(best[name, 1][1], 2),
                max_relative_error=errors[name]) for name in names]

@@ -34,7 +34,7 @@ def products_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=
   del mask, dropout
   b, t, n, h = q.shape
   kv = k.shape[2]
-  blocks = t // block if causal and t == k.shape[1] and 0 < block < t and t % block == 0 else 1
+  blocks = t // block if attention._blocks(causal, t, k.shape[1], block) else 1  # as 'blocked' tiles
   size = t // blocks
   kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   outs = []

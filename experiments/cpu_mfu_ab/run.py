@@ -37,7 +37,6 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import pathlib  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from typing import Optional  # noqa: E402
@@ -112,11 +111,6 @@ class Variant:
   cores: list = dataclasses.field(default_factory=list)  # process CPU time / wall time, per round
 
 
-def _cpu_seconds() -> float:
-  usage = resource.getrusage(resource.RUSAGE_SELF)
-  return usage.ru_utime + usage.ru_stime
-
-
 def split_overrides(overrides: dict) -> tuple[dict, dict]:
   """(config overrides, XLA compiler options): keys starting with 'xla_' are the latter."""
   xla = {k: v for k, v in overrides.items() if k.startswith('xla_')}
@@ -153,13 +147,13 @@ def run(variants: list[tuple[str, dict]], *, config_path: str, steps: int, round
   for _ in range(rounds):
     for v in built:
       with v.trainer.context():
-        start, cpu = time.perf_counter(), _cpu_seconds()
+        start, cpu = time.perf_counter(), perf.cpu_seconds()
         for _ in range(steps):
           v.state, metrics = v.step(v.state, v.batch)
         jax.block_until_ready(metrics)
         wall = time.perf_counter() - start
         v.times.append(wall / steps)
-        v.cores.append((_cpu_seconds() - cpu) / wall)
+        v.cores.append((perf.cpu_seconds() - cpu) / wall)
       gc.collect()
       peak = max(peak, perf.measure_peak_flops('float32')[0])
   rows = [dict(name=v.name, overrides=v.overrides, step_ms=round(1e3 * min(v.times), 2),
