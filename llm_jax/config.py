@@ -47,8 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
   m.norm_placement = 'pre'        # 'pre' (GPT-2) | 'post' (original Transformer)
   m.use_bias = False              # biases in dense layers and LayerNorm
   m.tie_embeddings = True         # output projection = token embedding transposed
-  m.attention_kernel = 'blocked'  # 'xla' (reference) | 'blocked' (skips masked blocks) | 'dot_product' | 'cudnn' (GPU)
-                                  # | 'splash' (TPU) | 'auto' (best for the platform; see llm_jax/models/attention.py)
+  m.attention_kernel = 'auto'     # 'auto' (best for the platform; see llm_jax/models/attention.py) | 'xla' (reference)
+                                  # | 'blocked' (skips masked blocks) | 'cpu_fused' (C++, CPU) | 'dot_product'
+                                  # | 'cudnn' (GPU) | 'splash' (TPU)
   m.attention_block = 64          # query/key tile of the 'blocked' kernel
   m.dtype = 'float32'             # compute dtype: 'float32' | 'bfloat16'; params stay float32
   m.remat = 'none'                # per-block gradient checkpointing: none|full|dots|dots_no_batch|save_named

@@ -13,11 +13,12 @@ ignore both. Logits and softmax run in float32 whatever the compute dtype; the
 output has q's dtype.
 
   xla          plain einsums: the reference every other kernel is tested against
-  blocked      skips the key blocks after each causal query block (fast on CPU)
+  blocked      skips the key blocks after each causal query block
+  cpu_fused    one fused C++ pass per (batch, kv head) through the XLA FFI (CPU; the fastest there)
   dot_product  jax.nn.dot_product_attention, implementation='xla'
   cudnn        cuDNN flash attention (GPU; bfloat16/float16, H a multiple of 8)
   splash       Pallas splash attention (TPU; causal self-attention, T a multiple of 128)
-  auto         picks one of the above at trace time from the platform and the operands
+  auto         picks one of the above at trace time from the platform and the operands (the default)
 
 Kernels register themselves with ``@register``: the platforms they run on, whether
 they take attention dropout, and for kernels that need more than a platform (a
@@ -31,6 +32,8 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 from absl import logging
 import jax
 import jax.numpy as jnp
+
+from llm_jax.models import cpu_attention
 
 Kernel = Callable[..., jax.Array]
 # check(platform, dtype, head_dim, seq_lens) -> (what the kernel needs, in words; the needs unmet here)
@@ -159,6 +162,39 @@ def blocked_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=6
     outs.append(xla_attention(q[:, rows], k[:, :end], v[:, :end], dropout=dropout,
                               mask=None if mask is None else mask[:, :, rows, :end]))
   return jnp.concatenate(outs, axis=1)
+
+
+# ----------------------------------------------------------------------------- fused CPU kernel
+
+def _device_count() -> int:
+  return jax.device_count()
+
+
+def _cpu_fused_check(platform, dtype, head_dim, seq_lens):
+  """The fused C++ kernel: the CPU, and a C++ compiler that can build it (built on first use)."""
+  del dtype, head_dim, seq_lens
+  needs = 'the CPU and a C++ compiler to build it (llm_jax/models/cpu_attention.py)'
+  if platform != 'cpu':
+    return needs, [f'the CPU (here {platform})']
+  error = cpu_attention.available()
+  return needs, [error] if error else []
+
+
+@register('cpu_fused', platforms=('cpu',), check=_cpu_fused_check)
+def cpu_fused_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
+  """One fused C++ pass per (batch, kv head) through the XLA FFI (``cpu_attention.py``).
+
+  Skips the keys after each causal 4-row query tile, keeps the probabilities for the
+  backward pass and runs on XLA's intra-op threads; values equal ``xla_attention``'s.
+  """
+  del block
+  _no_dropout('cpu_fused', dropout)
+  if _device_count() > 1 and 'cpu_fused' not in _LOGGED:
+    _LOGGED.add('cpu_fused')
+    logging.warning('attention_kernel=cpu_fused with %d devices: XLA cannot shard the custom call, so '
+                    'every device gathers the whole batch for attention. Use blocked (or auto) '
+                    'on a mesh.', _device_count())
+  return cpu_attention.attention(q, k, v, mask=mask, causal=causal)
 
 
 # ----------------------------------------------------------------------------- jax.nn kernels
@@ -299,15 +335,26 @@ class Choice(NamedTuple):
 
 
 def choose(q, k, *, mask=None, dropout=None, causal=False, block=64,
-           platform: Optional[str] = None) -> Choice:
-  """The kernel for these operands: cudnn on GPU, splash on TPU, else blocked or xla.
+           platform: Optional[str] = None, devices: Optional[int] = None) -> Choice:
+  """The kernel for these operands: cudnn on GPU, splash on TPU, cpu_fused on one CPU
+  device, else blocked or xla.
 
-  Only kernels with attention dropout are picked when ``dropout`` is given.
+  Only kernels with attention dropout are picked when ``dropout`` is given. ``devices``
+  (default: this process's device count) matters on the CPU: the fused kernel is an
+  opaque custom call that XLA cannot shard, so with more than one device 'auto' keeps
+  to the einsum kernels, which shard like the rest of the step.
   """
   platform = platform or jax.default_backend()
   t, s, h = q.shape[1], k.shape[1], q.shape[-1]
   fast = {'gpu': 'cudnn', 'tpu': 'splash'}.get(platform)
   missed = None
+  if platform == 'cpu' and dropout is None and t == s:
+    devices = _device_count() if devices is None else devices
+    if devices == 1:
+      error = cpu_attention.available()
+      if error is None:
+        return Choice('cpu_fused', f'one CPU device, self-attention (T=S={t})', False)
+      missed = f'cpu_fused is unavailable: {error}'
   if fast and dropout is not None:
     missed = f'{fast} has no attention dropout'
   elif fast == 'cudnn':

@@ -68,9 +68,10 @@ def check_against_numpy_and_xla(kernel, q, k, v, mask, valid, **kwargs):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize('name,n,k,t', [  # t=14 is not a multiple of the block: 'auto' runs 'xla'
+@pytest.mark.parametrize('name,n,k,t', [  # 'auto' runs 'cpu_fused' on the CPU (blocked, xla elsewhere)
     ('xla', 4, 2, 16), ('blocked', 4, 2, 16), ('blocked', 4, 1, 16), ('dot_product', 4, 2, 16),
-    ('dot_product', 4, 1, 16), ('auto', 4, 2, 16), ('auto', 4, 1, 14)])
+    ('dot_product', 4, 1, 16), ('cpu_fused', 4, 2, 16), ('cpu_fused', 4, 1, 14), ('auto', 4, 2, 16),
+    ('auto', 4, 1, 14)])
 def test_cpu_kernels_match_numpy_and_xla_gradients(name, n, k, t):
   q, kk, v, mask, valid = operands(t, n, k)
   check_against_numpy_and_xla(attention.get(name), q, kk, v, mask, valid, block=4)
@@ -97,8 +98,14 @@ def test_segment_ids_from_mask_give_back_the_mask():
 
 
 @on_cpu
-def test_auto_on_cpu_picks_blocked_or_xla_and_logs_each_choice_once(monkeypatch, caplog):
+@pytest.mark.parametrize('devices,expected', [
+    (1, ['attention_kernel=auto on cpu: one CPU device, self-attention (T=S=16), using cpu_fused',
+         'attention_kernel=auto on cpu: one CPU device, self-attention (T=S=14), using cpu_fused']),
+    (8, ['attention_kernel=auto on cpu: causal, T=16 a multiple of attention_block=4, using blocked',
+         'attention_kernel=auto on cpu: T=14 is not a multiple of attention_block=4, using xla'])])
+def test_auto_on_cpu_picks_fused_blocked_or_xla_and_logs_each_choice_once(monkeypatch, caplog, devices, expected):
   monkeypatch.setattr(attention, '_LOGGED', set())
+  monkeypatch.setattr(attention, '_device_count', lambda: devices)
   auto = attention.get('auto')
   q, kk, v, mask, _ = operands(16, 4, 2)
   with caplog.at_level(logging.INFO, logger='absl'):
@@ -107,14 +114,14 @@ def test_auto_on_cpu_picks_blocked_or_xla_and_logs_each_choice_once(monkeypatch,
     q, kk, v, mask, _ = operands(14, 4, 2)
     auto(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v), mask=jnp.asarray(mask), causal=True, block=4)
   messages = [r.getMessage() for r in caplog.records if 'attention_kernel=auto' in r.getMessage()]
-  assert messages == ['attention_kernel=auto on cpu: causal, T=16 a multiple of attention_block=4, using blocked',
-                      'attention_kernel=auto on cpu: T=14 is not a multiple of attention_block=4, using xla']
+  assert messages == expected
 
 
-def _choose(platform, t=128, s=None, h=64, dtype=jnp.bfloat16, causal=True, dropout=None, block=64):
+def _choose(platform, t=128, s=None, h=64, dtype=jnp.bfloat16, causal=True, dropout=None, block=64, devices=8):
   q = jax.ShapeDtypeStruct((2, t, 4, h), dtype)
   k = jax.ShapeDtypeStruct((2, s or t, 2, h), dtype)
-  return attention.choose(q, k, mask=object(), dropout=dropout, causal=causal, block=block, platform=platform)
+  return attention.choose(q, k, mask=object(), dropout=dropout, causal=causal, block=block, platform=platform,
+                          devices=devices)
 
 
 @pytest.mark.parametrize('platform,kwargs,name,reason', [
@@ -130,6 +137,10 @@ def _choose(platform, t=128, s=None, h=64, dtype=jnp.bfloat16, causal=True, drop
     ('tpu', {'dropout': lambda p: p}, 'blocked', 'splash has no attention dropout'),
     ('cpu', {'causal': False}, 'xla', 'attention is not causal'),
     ('cpu', {'t': 32}, 'xla', 'T=32 fits in one attention_block=64'),
+    ('cpu', {'devices': 1}, 'cpu_fused', 'one CPU device, self-attention (T=S=128)'),
+    ('cpu', {'devices': 1, 'causal': False}, 'cpu_fused', 'one CPU device, self-attention (T=S=128)'),
+    ('cpu', {'devices': 1, 't': 1, 's': 128, 'causal': False}, 'xla', 'attention is not causal'),
+    ('cpu', {'devices': 1, 'dropout': lambda p: p}, 'blocked', 'causal, T=128 a multiple of attention_block=64'),
 ])
 def test_auto_choice_and_reason_per_platform(platform, kwargs, name, reason, pre_hopper_gpu):
   choice = _choose(platform, **kwargs)
