@@ -149,19 +149,11 @@ def _attrs(q, causal: bool) -> dict:
   return dict(causal=bool(causal), scale=np.float32(q.shape[-1] ** -0.5))
 
 
-def _transposed(x):
-  """[B, S, K, H] -> [B, K, H, Sl], zero-padded to Sl = round16(S) + 16 keys: the kernel's
-  layout for the operand it reads across keys (one XLA transpose, cheaper than the
-  strided reads it saves; Sl is no power of two, so its rows do not share cache sets)."""
-  s = x.shape[1]
-  return jnp.pad(x.transpose(0, 2, 3, 1), ((0, 0), (0, 0), (0, 0), (0, _padded(s) + 16 - s)))
-
-
 def _forward(q, k, v, mask, causal):
   b, t, n, _ = q.shape
   out = (jax.ShapeDtypeStruct(q.shape, jnp.float32),
          jax.ShapeDtypeStruct((b, n, t, _padded(k.shape[1])), jnp.float32))
-  return jax.ffi.ffi_call(FORWARD, out)(q, _transposed(k), v, mask, **_attrs(q, causal))
+  return jax.ffi.ffi_call(FORWARD, out)(q, k, v, mask, **_attrs(q, causal))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -178,7 +170,7 @@ def _attention_bwd(causal, residuals, do):
   q, k, v, mask, p = residuals
   out = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct(k.shape, jnp.float32),
          jax.ShapeDtypeStruct(v.shape, jnp.float32))
-  dq, dk, dv = jax.ffi.ffi_call(BACKWARD, out)(q, k, _transposed(v), mask, p, do.astype(jnp.float32),
+  dq, dk, dv = jax.ffi.ffi_call(BACKWARD, out)(q, k, v, mask, p, do.astype(jnp.float32),
                                                 **_attrs(q, causal))
   return dq, dk, dv, np.zeros(mask.shape, jax.dtypes.float0)
 

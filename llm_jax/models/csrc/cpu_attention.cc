@@ -257,6 +257,45 @@ float* scratch(int slot, int64_t size) {
   return b.data();
 }
 
+// Transposes 16 rows of 16 floats in registers: four rounds that swap the off-diagonal
+// blocks of 8, 4, 2 and 1 lanes between rows 8, 4, 2 and 1 apart.
+#define LLM_JAX_SWAP(b, ...)                                                   \
+  for (int r = 0; r < 16; ++r)                                                 \
+    if (!(r & b)) {                                                            \
+      const v16 lo = __builtin_shufflevector(x[r], x[r + b], __VA_ARGS__);     \
+      x[r + b] = __builtin_shufflevector(x[r], x[r + b], LLM_JAX_HI_##b);      \
+      x[r] = lo;                                                               \
+    }
+#define LLM_JAX_HI_8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define LLM_JAX_HI_4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define LLM_JAX_HI_2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define LLM_JAX_HI_1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+inline void transpose16(v16 x[16]) {
+  LLM_JAX_SWAP(8, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+  LLM_JAX_SWAP(4, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27)
+  LLM_JAX_SWAP(2, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29)
+  LLM_JAX_SWAP(1, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
+}
+#undef LLM_JAX_SWAP
+
+// dst[c * ld + r] = src[r * stride + c] for r < S and c < H, zero for S <= r < Sp: a
+// [S, H] slice of rows `stride` apart, transposed into rows ld = Sp + 16 apart (no power
+// of two, so they do not share cache sets), 16 x 16 in registers where H allows.
+void pack_transposed(const float* src, int64_t S, int64_t Sp, int64_t ld, int64_t stride, int64_t H,
+                     float* dst) {
+  const int64_t H16 = H / 16 * 16;
+  for (int64_t r0 = 0; r0 < Sp; r0 += 16) {
+    for (int64_t c0 = 0; c0 < H16; c0 += 16) {
+      v16 x[16];
+      for (int i = 0; i < 16; ++i) x[i] = r0 + i < S ? load(src + (r0 + i) * stride + c0) : v16{};
+      transpose16(x);
+      for (int i = 0; i < 16; ++i) store(dst + (c0 + i) * ld + r0, x[i]);
+    }
+    for (int64_t c = H16; c < H; ++c)
+      for (int64_t r = r0; r < r0 + 16; ++r) dst[c * ld + r] = r < S ? src[r * stride + c] : 0.0f;
+  }
+}
+
 // has_key[b * T + i]: query i of batch row b may attend to some key (else its softmax is
 // uniform over all S keys). PRED bytes are 0 or 1.
 std::vector<char> rows_with_keys(const bool* mask, const Shape& s) {
@@ -276,15 +315,12 @@ void pack_rows(const float* src, int64_t rows, int64_t stride, int64_t H, int64_
   }
 }
 
-ffi::Error check(const Shape& s, ffi::Buffer<ffi::PRED>& mask, ffi::Buffer<ffi::F32>& transposed) {
-  auto md = mask.dimensions(), td = transposed.dimensions();
+ffi::Error check(const Shape& s, ffi::Buffer<ffi::PRED>& mask) {
+  auto md = mask.dimensions();
   if (s.K == 0 || s.N % s.K != 0)
     return ffi::Error::InvalidArgument("llm_jax attention: query heads must be a multiple of kv heads");
   if (md.size() != 3 || md[0] != s.B || md[1] != s.T || md[2] != s.S)
     return ffi::Error::InvalidArgument("llm_jax attention: mask must be [B, T, S]");
-  if (td.size() != 4 || td[0] != s.B || td[1] != s.K || td[2] != s.H || td[3] != s.Sl)
-    return ffi::Error::InvalidArgument(
-        "llm_jax attention: transposed keys/values must be [B, K, H, round16(S) + 16], zero-padded");
   return ffi::Error::Success();
 }
 
@@ -301,14 +337,14 @@ Rows operand_rows(const float* src, int64_t rows, int64_t stride, const Shape& s
   return {buffer, s.Hp};
 }
 
-ffi::Error forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kt,
+ffi::Error forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> mask,
                    ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> p, bool causal,
                    float scale) {
-  const Shape s = shape_of(q, v, causal);
-  if (auto e = check(s, mask, kt); e.failure()) return e;
+  const Shape s = shape_of(q, k, causal);
+  if (auto e = check(s, mask); e.failure()) return e;
   const float* Q = q.typed_data();
-  const float* KT = kt.typed_data();
+  const float* Kd = k.typed_data();
   const float* V = v.typed_data();
   const bool* M = mask.typed_data();
   float* O = o->typed_data();
@@ -317,7 +353,8 @@ ffi::Error forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
 
   auto item = [&](int64_t index) {
     const int64_t b = index / s.K, kh = index % s.K, kv_stride = s.K * s.H, q_stride = s.N * s.H;
-    const float* kth = KT + (b * s.K + kh) * s.H * s.Sl;  // kᵀ [H, Sl]
+    float* kth = scratch(0, s.H * s.Sl);  // kᵀ [H, Sp], rows Sl apart
+    pack_transposed(Kd + (b * s.S * s.K + kh) * s.H, s.S, s.Sp, s.Sl, kv_stride, s.H, kth);
     float* ob = scratch(1, kRows * s.Hp);
     const Rows vr = operand_rows(V + (b * s.S * s.K + kh) * s.H, s.S, kv_stride, s, scratch(2, s.S * s.Hp));
     const bool* mb = M + b * s.T * s.S;
@@ -367,15 +404,15 @@ ffi::Error forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
 }
 
 ffi::Error backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                    ffi::Buffer<ffi::F32> vt, ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> p,
+                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> p,
                     ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dq,
                     ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv, bool causal,
                     float scale) {
   const Shape s = shape_of(q, k, causal);
-  if (auto e = check(s, mask, vt); e.failure()) return e;
+  if (auto e = check(s, mask); e.failure()) return e;
   const float* Q = q.typed_data();
   const float* Kd = k.typed_data();
-  const float* VT = vt.typed_data();
+  const float* V = v.typed_data();
   const bool* M = mask.typed_data();
   const float* P = p.typed_data();
   const float* DO = dout.typed_data();
@@ -386,7 +423,8 @@ ffi::Error backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
 
   auto item = [&](int64_t index) {
     const int64_t b = index / s.K, kh = index % s.K, kv_stride = s.K * s.H, q_stride = s.N * s.H;
-    const float* vth = VT + (b * s.K + kh) * s.H * s.Sl;  // vᵀ [H, Sl]
+    float* vth = scratch(0, s.H * s.Sl);  // vᵀ [H, Sp], rows Sl apart
+    pack_transposed(V + (b * s.S * s.K + kh) * s.H, s.S, s.Sp, s.Sl, kv_stride, s.H, vth);
     float* ds = scratch(1, kRows * s.Sp);  // a tile of dlogits
     float* acc = scratch(2, 2 * s.Sp * s.Hp + 2 * kRows * s.Hp);
     float* dka = acc, *dva = acc + s.Sp * s.Hp;  // dk/scale, dv [Sp, Hp]
