@@ -15,9 +15,11 @@
 // mask hides them); without it every key is.
 //
 // Each (batch, kv head) is one work item, spread over XLA's intra-op thread pool. The
-// products use one register-blocked kernel, C[R, 16·NV] (+)= A[R, K] · B[K, 16·NV], on
-// operands packed per item into thread-local buffers; GCC's vector extensions compile it
-// to AVX-512, AVX2 or NEON, whatever -march=native gives.
+// products use one register-blocked kernel, C[R, 16·NV] (+)= A[R, K] · B[K, 16·NV] (and
+// its transposed twin `outer`), reading q, k, v and do in place where H is a multiple of
+// 16; only kᵀ (forward) and vᵀ (backward) are packed per item, into thread-local buffers.
+// GCC's vector extensions compile it to AVX-512, AVX2 or NEON, whatever -march=native
+// gives (tested with GCC 12 on AVX-512).
 
 #include <algorithm>
 #include <atomic>
