@@ -173,3 +173,36 @@ def test_a_damaged_cached_library_is_reported_with_the_fix(fresh):
   path.write_bytes(b'not a shared library')
   error = cpu_attention.available()
   assert error.startswith(f'cannot load {path}') and error.endswith('delete it to rebuild.')
+
+
+_ON_A_MESH = '''
+import logging, sys
+import jax, jax.numpy as jnp, numpy as np
+from absl import logging as absl_logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from llm_jax.models import attention
+warnings = []
+absl_logging.get_absl_logger().addHandler(type('H', (logging.Handler,), {'emit': lambda s, r: warnings.append(r.getMessage())})())
+rng = np.random.default_rng(0)
+q, k, v = (jnp.asarray(rng.normal(size=(8, 24, 4, 16)), jnp.float32) for _ in range(3))
+mask = jnp.broadcast_to(jnp.tril(jnp.ones((24, 24), bool)), (8, 1, 24, 24))
+batch = NamedSharding(Mesh(np.array(jax.devices()), ('data',)), PartitionSpec('data'))
+q, k, v, mask = (jax.device_put(x, batch) for x in (q, k, v, mask))
+def grads(kernel):
+  loss = lambda q, k, v: jnp.sum(jnp.sin(kernel(q, k, v, mask=mask, causal=True)))
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+got, want = grads(attention.cpu_fused_attention), grads(attention.xla_attention)
+np.testing.assert_allclose(float(got[0]), float(want[0]), atol=2e-3)  # a sum of 12288 sines
+for a, b in zip(got[1], want[1]):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6, rtol=2e-5)
+assert any('cpu_fused with 8 devices' in w for w in warnings), warnings
+choice = attention.choose(q, k, mask=mask, causal=True, block=8)
+assert choice.name == 'blocked', choice
+print('ok')
+'''
+
+
+def test_on_a_mesh_the_explicit_kernel_is_right_and_warns_and_auto_keeps_to_blocked():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  proc = subprocess.run([os.sys.executable, '-c', _ON_A_MESH], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-3000:]
