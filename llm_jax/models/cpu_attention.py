@@ -3,10 +3,12 @@
 XLA:CPU runs attention as many small batched products (one Eigen call per batch and
 head), plus a mask, a softmax and the transposes between them, at a third of its matrix
 product rate. ``csrc/cpu_attention.cc`` does one (batch, kv head) at a time instead:
-it packs that head's q, k, v once, computes the scores, softmax and output in 4-row
-tiles that stop at the causal diagonal, keeps the probabilities for the backward pass
-(no recomputation), and spreads the heads over XLA's intra-op threads. Values equal
-``attention.xla_attention`` to float32 rounding, fully masked rows included.
+it transposes that head's k (v in the backward pass) once, reads the other operands in
+place, computes the scores, softmax and output in 4-row tiles that stop at the causal
+diagonal, keeps the probabilities for the backward pass (no recomputation), and spreads
+the heads over XLA's intra-op threads. Values equal ``attention.xla_attention`` to
+float32 rounding, fully masked rows included. Under ``jax.vmap`` it runs once per
+mapped element.
 
 The library is compiled on first use with the system C++ compiler (``$CXX``, else
 ``c++``/``g++``/``clang++``) against the XLA FFI headers that ship with jaxlib, for this
@@ -38,6 +40,7 @@ SOURCE = pathlib.Path(__file__).with_name('csrc') / 'cpu_attention.cc'
 FORWARD, BACKWARD = 'llm_jax_cpu_attention_forward', 'llm_jax_cpu_attention_backward'
 _LOCK = threading.Lock()
 _STATE: dict = {}  # 'error': why the kernel is unavailable, or 'path': the loaded library
+_COMPILE_TIMEOUT_S = 300
 _REGISTERED: list = []  # the library whose handlers XLA holds (once per process: XLA refuses a second)
 
 
@@ -96,7 +99,11 @@ def build(cxx: str) -> pathlib.Path:
     raise BuildError(f'cannot write the compiled kernel to {path.parent} ({e}); '
                      'set LLM_JAX_CACHE to a writable directory.') from None
   try:
-    result = subprocess.run(_command(cxx, SOURCE, pathlib.Path(tmp)), capture_output=True, text=True)
+    try:
+      result = subprocess.run(_command(cxx, SOURCE, pathlib.Path(tmp)), capture_output=True, text=True,
+                              timeout=_COMPILE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+      raise BuildError(f'{cxx} did not finish compiling {SOURCE.name} in {_COMPILE_TIMEOUT_S} s') from None
     if result.returncode != 0:
       tail = ' / '.join(line.strip() for line in result.stderr.strip().splitlines()[-3:])
       raise BuildError(f'{cxx} failed to compile {SOURCE.name} (exit {result.returncode}): {tail}')
@@ -153,7 +160,7 @@ def _forward(q, k, v, mask, causal):
   b, t, n, _ = q.shape
   out = (jax.ShapeDtypeStruct(q.shape, jnp.float32),
          jax.ShapeDtypeStruct((b, n, t, _padded(k.shape[1])), jnp.float32))
-  return jax.ffi.ffi_call(FORWARD, out)(q, k, v, mask, **_attrs(q, causal))
+  return jax.ffi.ffi_call(FORWARD, out, vmap_method='sequential')(q, k, v, mask, **_attrs(q, causal))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -170,8 +177,8 @@ def _attention_bwd(causal, residuals, do):
   q, k, v, mask, p = residuals
   out = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct(k.shape, jnp.float32),
          jax.ShapeDtypeStruct(v.shape, jnp.float32))
-  dq, dk, dv = jax.ffi.ffi_call(BACKWARD, out)(q, k, v, mask, p, do.astype(jnp.float32),
-                                                **_attrs(q, causal))
+  dq, dk, dv = jax.ffi.ffi_call(BACKWARD, out, vmap_method='sequential')(
+      q, k, v, mask, p, do.astype(jnp.float32), **_attrs(q, causal))
   return dq, dk, dv, np.zeros(mask.shape, jax.dtypes.float0)
 
 
@@ -189,7 +196,9 @@ def attention(q, k, v, *, mask=None, causal=False):
   if mask is None:
     mask = jnp.tril(jnp.ones((t, s), bool), s - t) if causal else jnp.ones((t, s), bool)
     mask = mask[None, None]
-  mask = jnp.broadcast_to(mask, (b, 1, t, s)).reshape(b, t, s)
+  mask = jnp.broadcast_to(mask.astype(bool), (b, 1, t, s)).reshape(b, t, s)
   f32 = jnp.float32
-  out = _attention(q.astype(f32), k.astype(f32), v.astype(f32), mask, bool(causal))
+  # The kernel skips the keys after each query's tile by index, which is right for causal
+  # self-attention only; with a cache (T != S) the mask alone decides.
+  out = _attention(q.astype(f32), k.astype(f32), v.astype(f32), mask, bool(causal) and t == s)
   return out.astype(q.dtype)

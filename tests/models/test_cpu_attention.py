@@ -63,12 +63,14 @@ def test_values_and_gradients_equal_xla_on_every_row(n, k, t, h, causal):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize('causal', [True, False])
-def test_without_a_mask_causal_means_by_index(causal):
-  q, k, v = operands(20, 2, 1, 16)
-  mask = jnp.tril(jnp.ones((20, 20), bool)) if causal else jnp.ones((20, 20), bool)
+@pytest.mark.parametrize('causal,t,s', [(True, 20, 20), (False, 20, 20), (True, 8, 12)])
+def test_without_a_mask_causal_means_by_index(causal, t, s):
+  """With T < S (queries after a cache of S - T keys), query i sees keys up to S - T + i."""
+  q = operands(t, 2, 1, 16)[0]
+  _, k, v = operands(s, 2, 1, 16)
+  mask = jnp.tril(jnp.ones((t, s), bool), s - t) if causal else jnp.ones((t, s), bool)
   got = jax.jit(lambda *a: cpu_attention.attention(*a, causal=causal))(q, k, v)
-  want = attention.xla_attention(q, k, v, mask=jnp.broadcast_to(mask, (2, 1, 20, 20)))
+  want = attention.xla_attention(q, k, v, mask=jnp.broadcast_to(mask, (2, 1, t, s)))
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-6, rtol=2e-5)
 
 
@@ -206,3 +208,23 @@ def test_on_a_mesh_the_explicit_kernel_is_right_and_warns_and_auto_keeps_to_bloc
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
   proc = subprocess.run([os.sys.executable, '-c', _ON_A_MESH], env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-3000:]
+
+
+def test_under_vmap_and_with_an_integer_mask():
+  q, k, v = (jnp.stack([x, 2 * x]) for x in operands(12, 2, 1, 16))  # a leading mapped axis
+  mask = jnp.asarray(masks(12, True)).astype(jnp.int32)
+  fused = lambda q, k, v: jnp.sum(jnp.sin(attention.cpu_fused_attention(q, k, v, mask=mask, causal=True)))
+  xla = lambda q, k, v: jnp.sum(jnp.sin(attention.xla_attention(q, k, v, mask=mask.astype(bool))))
+  got = jax.vmap(jax.grad(fused, argnums=(0, 1, 2)))(q, k, v)
+  want = jax.vmap(jax.grad(xla, argnums=(0, 1, 2)))(q, k, v)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6, rtol=2e-5)
+
+
+def test_a_compiler_that_hangs_is_stopped(fresh, monkeypatch):
+  script = fresh / 'slow-c++'
+  script.write_text('#!/bin/sh\nsleep 30\n')
+  script.chmod(0o755)
+  monkeypatch.setenv('CXX', str(script))
+  monkeypatch.setattr(cpu_attention, '_COMPILE_TIMEOUT_S', 1)
+  assert cpu_attention.available().endswith('did not finish compiling cpu_attention.cc in 1 s')
