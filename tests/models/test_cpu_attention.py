@@ -21,6 +21,7 @@ import pytest
 
 from llm_jax import config as config_lib
 from llm_jax.models import attention, cpu_attention, layers
+from tests.models.test_attention_kernels import packed_rows
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(0)
@@ -28,10 +29,9 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='a CPU ke
 
 
 def masks(t, causal):
-  """[2, 1, T, T]: row 0 packs documents of 5 and T-9 tokens and 4 padding tokens (queries that
-  see no key at all), row 1 is one document."""
-  seg = np.array([[1] * 5 + [2] * (t - 9) + [0] * 4, [1] * t], np.int32)
-  pos = np.array([list(range(5)) + list(range(t - 9)) + [0] * 4, list(range(t))], np.int32)
+  """[2, 1, T, T] for ``packed_rows``: row 0 packs documents of 5 and T-9 tokens and 4
+  padding tokens (queries that see no key at all), row 1 is one document."""
+  seg, pos = packed_rows(t)
   return np.asarray(layers.attention_mask(seg, seg, pos, pos, causal=causal))
 
 

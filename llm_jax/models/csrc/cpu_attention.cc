@@ -129,21 +129,23 @@ inline void outer(int64_t J, const float* A, int64_t lda, const float* B, int64_
   }
 }
 
+// C[J, N] += A[R, J]ᵀ · B[R, N], N a multiple of 16: 64 columns at a time, then 16.
+template <int R>
+inline void outer_block(int64_t N, int64_t J, const float* A, int64_t lda, const float* B, int64_t ldb,
+                        float* C, int64_t ldc) {
+  int64_t c = 0;
+  for (; c + 64 <= N; c += 64) outer<R, 4>(J, A, lda, B + c, ldb, C + c, ldc);
+  for (; c < N; c += 16) outer<R, 1>(J, A, lda, B + c, ldb, C + c, ldc);
+}
+
 // C[J, N] += A[rows, J]ᵀ · B[rows, N] for rows <= kRows and N a multiple of 16.
 inline void outer_tile(int64_t rows, int64_t N, int64_t J, const float* A, int64_t lda,
                        const float* B, int64_t ldb, float* C, int64_t ldc) {
-  for (int64_t r = 0; r < rows; r += (rows == kRows ? kRows : 1)) {
-    const float* a = A + r * lda;
-    const float* bb = B + r * ldb;
-    int64_t c = 0;
-    if (rows == kRows) {
-      for (; c + 64 <= N; c += 64) outer<kRows, 4>(J, a, lda, bb + c, ldb, C + c, ldc);
-      for (; c < N; c += 16) outer<kRows, 1>(J, a, lda, bb + c, ldb, C + c, ldc);
-    } else {
-      for (; c + 64 <= N; c += 64) outer<1, 4>(J, a, lda, bb + c, ldb, C + c, ldc);
-      for (; c < N; c += 16) outer<1, 1>(J, a, lda, bb + c, ldb, C + c, ldc);
-    }
+  if (rows == kRows) {
+    outer_block<kRows>(N, J, A, lda, B, ldb, C, ldc);
+    return;
   }
+  for (int64_t r = 0; r < rows; ++r) outer_block<1>(N, J, A + r * lda, lda, B + r * ldb, ldb, C, ldc);
 }
 
 typedef int32_t v16i __attribute__((vector_size(64)));
@@ -306,13 +308,12 @@ std::vector<char> rows_with_keys(const bool* mask, const Shape& s) {
   return has_key;
 }
 
-// dst[r, c] = src[r * stride + c] * scale for c < H, zero for H <= c < Hp.
-void pack_rows(const float* src, int64_t rows, int64_t stride, int64_t H, int64_t Hp, float scale,
-               float* dst) {
+// dst[r, c] = src[r * stride + c] for c < H, zero for H <= c < Hp.
+void pack_rows(const float* src, int64_t rows, int64_t stride, int64_t H, int64_t Hp, float* dst) {
   for (int64_t r = 0; r < rows; ++r) {
     float* d = dst + r * Hp;
     const float* x = src + r * stride;
-    for (int64_t c = 0; c < H; ++c) d[c] = x[c] * scale;
+    for (int64_t c = 0; c < H; ++c) d[c] = x[c];
     for (int64_t c = H; c < Hp; ++c) d[c] = 0.0f;
   }
 }
@@ -335,7 +336,7 @@ struct Rows {
 
 Rows operand_rows(const float* src, int64_t rows, int64_t stride, const Shape& s, float* buffer) {
   if (s.H == s.Hp) return {src, stride};
-  pack_rows(src, rows, stride, s.H, s.Hp, 1.0f, buffer);
+  pack_rows(src, rows, stride, s.H, s.Hp, buffer);
   return {buffer, s.Hp};
 }
 
