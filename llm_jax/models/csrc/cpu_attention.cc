@@ -47,12 +47,13 @@ inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 inline void store(float* p, v16 x) { *reinterpret_cast<v16u*>(p) = x; }
 // Pins x to a vector register: GCC would otherwise fold B's loads into every FMA,
 // loading each B vector once per row instead of once, and the loads, not the FMAs,
-// would bound the products.
+// would bound the products. Only where 16 floats fit one register (AVX-512): with
+// AVX2 or NEON a v16 spans several registers and no asm constraint can name it.
 inline void in_register(v16& x) {
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__AVX512F__)
   asm("" : "+v"(x));
-#elif defined(__aarch64__)
-  asm("" : "+w"(x));
+#else
+  (void)x;
 #endif
 }
 
