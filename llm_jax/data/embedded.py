@@ -18,10 +18,10 @@ builder config is named after it (``py311``, ``py312``). Each document goes to
 'validation' when the first 8 bytes of the SHA-256 of its name, mod 100, fall below
 `VALIDATION_PERCENT`, else to 'train': stable across processes and machines.
 
-Two readers give the same texts in the same order: `documents(split)` reads through
-the TFDS builder `python_docs` (registered on import when both tensorflow_datasets
-and tensorflow are importable) or, without TensorFlow (e.g. GPU hosts), straight from
-`corpus()`.
+Two readers give the same texts in the same order: `documents(split)` reads straight
+from `corpus()` (no TensorFlow: what training uses), and `documents(split,
+use_tfds=True)` through the TFDS builder `python_docs` (`llm_jax.data.embedded_tfds`,
+which needs the `[tfds]` extra).
 """
 
 from __future__ import annotations
@@ -29,20 +29,19 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import importlib.util
 import os
 import sys
 import sysconfig
 import warnings
 from typing import Iterator
 
+from llm_jax import errors
+
 SPLITS = ('train', 'validation')
 VALIDATION_PERCENT = 5
 MAX_CHARS = 4_000_000
 CONFIG_NAME = f'py{sys.version_info.major}{sys.version_info.minor}'
 TFDS_NAME = 'python_docs'
-TFDS_AVAILABLE = all(
-    importlib.util.find_spec(m) is not None for m in ('tensorflow_datasets', 'tensorflow'))
 
 _SKIP_DIRS = frozenset({'test', 'tests', 'idlelib', 'site-packages', 'dist-packages',
                         '__pycache__'})
@@ -122,55 +121,24 @@ def corpus() -> tuple[tuple[str, str], ...]:
 def split_documents(split: str) -> Iterator[tuple[str, str]]:
   """(name, text) of one split of `corpus()`, in canonical order."""
   if split not in SPLITS:
-    raise ValueError(f'the embedded corpus has splits {SPLITS}, not {split!r}; '
+    raise errors.DataError(f'the embedded corpus has splits {SPLITS}, not {split!r}; '
                      'set config.data.train_split/eval_split accordingly')
   return ((n, t) for n, t in corpus() if split_of(n) == split)
 
 
-def documents(split: str, *, data_dir: str | None = None,
-              use_tfds: bool | None = None) -> Iterator[str]:
-  """The texts of `split`, through TFDS when available (`use_tfds=None`), else plain.
+def documents(split: str, *, data_dir: str | None = None, use_tfds: bool = False) -> Iterator[str]:
+  """The texts of `split`, straight from `corpus()` or (`use_tfds`) through TFDS.
 
   The TFDS path prepares ``python_docs/<CONFIG_NAME>`` into `data_dir` (None: the
   TFDS default) on first use; both paths yield identical texts in identical order.
   """
-  if use_tfds is None:
-    use_tfds = TFDS_AVAILABLE
   if not use_tfds:
     return (text for _, text in split_documents(split))
   if split not in SPLITS:
     split_documents(split)
-  import tensorflow_datasets as tfds
+  from llm_jax.data import embedded_tfds  # registers the builder
+  tfds = embedded_tfds.tfds
   builder = tfds.builder(f'{TFDS_NAME}/{CONFIG_NAME}', data_dir=data_dir or None)
   builder.download_and_prepare()
   ds = builder.as_dataset(split=split, shuffle_files=False)
   return (ex['text'].decode('utf-8') for ex in tfds.as_numpy(ds))
-
-
-if TFDS_AVAILABLE:
-  import tensorflow_datasets as tfds
-
-  class PythonDocs(tfds.core.GeneratorBasedBuilder):
-    """TFDS builder of the embedded corpus: features 'name' and 'text'; splits
-    'train' and 'validation'; order preserved (shuffling disabled)."""
-
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'pydoc topics and stdlib docstrings.'}
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(
-        name=CONFIG_NAME, description=f'The documentation of CPython {sys.version.split()[0]}.')]
-
-    def _info(self) -> tfds.core.DatasetInfo:
-      return self.dataset_info_from_configs(
-          description=__doc__,
-          features=tfds.features.FeaturesDict({
-              'name': tfds.features.Text(), 'text': tfds.features.Text()}),
-          disable_shuffling=True,
-          homepage='https://docs.python.org/3/')
-
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      return {split: self._generate_examples(split) for split in SPLITS}
-
-    def _generate_examples(self, split):
-      for name, text in split_documents(split):
-        yield name, {'name': name, 'text': text}

@@ -34,6 +34,8 @@ import sys
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
+from llm_jax import errors
+
 Source = Callable[[Any, str], Iterable[str]]
 
 _SOURCES: dict[str, Source] = {}
@@ -45,9 +47,9 @@ _MANUAL_HINTS = {
 }
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(errors.Error, RuntimeError):
   """A TFDS dataset that could not be downloaded or prepared (``python -m llm_jax.main``: exit 7)."""
-  exit_code = 7
+  exit_code = errors.DATASET
 
 
 def register(name: str) -> Callable[[Source], Source]:
@@ -82,14 +84,14 @@ def _checked(texts: Iterable[str], data_cfg, split: str) -> Iterator[str]:
     empty = False
     yield text
   if empty:
-    raise ValueError(f'config.data.dataset={data_cfg.dataset!r} split {split!r} has no text '
+    raise errors.DataError(f'config.data.dataset={data_cfg.dataset!r} split {split!r} has no text '
                      '(no documents, or all empty).')
 
 
 @register('embedded')
 def _embedded(data_cfg, split: str) -> Iterable[str]:
   from llm_jax.data import embedded
-  return embedded.documents(split, data_dir=data_cfg.data_dir or None)
+  return embedded.documents(split)
 
 
 def _decode(data: bytes, origin: str) -> str:
@@ -114,18 +116,18 @@ def _files(data_cfg, split: str) -> Iterable[str]:
                   for p in glob.glob(os.path.expanduser(pattern), recursive=True)
                   if os.path.isfile(p)})
   if not paths:
-    raise ValueError(f'config.data.files={data_cfg.files!r} matched no files; give '
+    raise errors.DataError(f'config.data.files={data_cfg.files!r} matched no files; give '
                      'comma-separated globs of text files (each file is one document).')
   fraction = data_cfg.eval_fraction
   if not 0 <= fraction < 1:
-    raise ValueError(f'config.data.eval_fraction={fraction} must be in [0, 1).')
+    raise errors.DataError(f'config.data.eval_fraction={fraction} must be in [0, 1).')
   if split not in (data_cfg.train_split, data_cfg.eval_split):
-    raise ValueError(f'dataset files has the splits config.data.train_split='
+    raise errors.DataError(f'dataset files has the splits config.data.train_split='
                      f'{data_cfg.train_split!r} and eval_split={data_cfg.eval_split!r}, '
                      f'not {split!r}.')
   is_train = split == data_cfg.train_split
   if not is_train and fraction == 0:
-    raise ValueError(f'config.data.eval_fraction=0 leaves no text for eval split {split!r} of '
+    raise errors.DataError(f'config.data.eval_fraction=0 leaves no text for eval split {split!r} of '
                      "dataset files; set eval_fraction > 0 or config.data.eval_split=''.")
   if len(paths) == 1:
     def cut() -> Iterator[str]:
@@ -142,23 +144,26 @@ def _tfds_documents(data_cfg, split: str) -> Iterable[str]:
   name = data_cfg.dataset
   try:
     import tensorflow_datasets as tfds
+    import tensorflow  # noqa: F401  (TFDS reads and prepares its datasets with it)
   except ImportError as e:
-    raise ValueError(f'config.data.dataset={name!r} is not a built-in source {names()} and '
-                     'tensorflow_datasets is not installed to look it up as a TFDS dataset.') from e
+    raise errors.ConfigError(
+        f'config.data.dataset={name!r} is not a built-in source ({", ".join(names())}), so it is looked up '
+        f'in TFDS, which is not installed ({e}); install it with pip install -e \'.[tfds]\' (or '
+        f'\'llm_jax[tfds]\'), or use --config.data.dataset=embedded or files.') from None
   try:
     builder = tfds.builder(name, data_dir=data_cfg.data_dir or None)
   except tfds.core.DatasetNotFoundError as e:
-    raise ValueError(f'config.data.dataset={name!r} is unknown: use one of {names()} or any '
+    raise errors.DataError(f'config.data.dataset={name!r} is unknown: use one of {names()} or any '
                      "TFDS text dataset (e.g. 'tiny_shakespeare', 'lm1b').") from None
   _prepare(builder, data_cfg, tfds)
   key = data_cfg.text_key
   if key not in builder.info.features:
-    raise ValueError(f'config.data.text_key={key!r} is not a feature of TFDS dataset {name!r}; '
+    raise errors.DataError(f'config.data.text_key={key!r} is not a feature of TFDS dataset {name!r}; '
                      f'it has {sorted(builder.info.features)}.')
   try:
     ds = builder.as_dataset(split=split, shuffle_files=False)
   except (ValueError, KeyError) as e:
-    raise ValueError(f'split {split!r} of TFDS dataset {name!r}: {e} (set '
+    raise errors.DataError(f'split {split!r} of TFDS dataset {name!r}: {e} (set '
                      'config.data.train_split / eval_split).') from e
   return (_decode(ex[key], f'{name}/{split}') for ex in tfds.as_numpy(ds))
 

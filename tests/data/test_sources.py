@@ -49,6 +49,7 @@ def test_embedded_splits_are_disjoint_non_empty_and_sized():
 def test_embedded_tfds_builder_and_plain_path_give_the_same_texts(tfds_dir):
   pytest.importorskip('tensorflow_datasets')
   import tensorflow_datasets as tfds
+  from llm_jax.data import embedded_tfds  # noqa: F401  (registers python_docs)
   builder = tfds.builder('python_docs', data_dir=tfds_dir)
   assert set(builder.info.features) == {'name', 'text'}
   for split in embedded.SPLITS:
