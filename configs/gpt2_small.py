@@ -4,7 +4,9 @@
 bf16 compute with float32 parameters. Trains on TFDS lm1b with a SentencePiece BPE
 vocabulary trained on it (32768 tokens: 111M parameters).
 
-  python -m llm_jax.main --config=configs/gpt2_small.py --workdir=gs://BUCKET/gpt2_small
+  python -m llm_jax.main --config=configs/gpt2_small.py --workdir=runs/gpt2_small
+
+(On a Cloud TPU pod slice the workdir is a gcsfuse-mounted bucket; see docs/parallelism.md.)
 """
 
 from llm_jax.config import base_config

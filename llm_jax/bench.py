@@ -43,7 +43,6 @@ if __name__ == '__main__':
 
 import json  # noqa: E402
 import math
-import sys
 import tempfile
 import time
 from typing import Optional
@@ -51,10 +50,11 @@ from typing import Optional
 import jax
 import ml_collections
 import numpy as np
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from llm_jax import cli
+from llm_jax import errors
 from llm_jax import perf
 from llm_jax.data.synthetic import SyntheticDataset
 
@@ -95,9 +95,9 @@ def define_flags() -> None:
   flags.DEFINE_string('sweep_out', 'bench_sweep', 'Sweep output prefix: PREFIX.json and PREFIX.md.')
 
 
-class ReferenceMismatch(RuntimeError):
+class ReferenceMismatch(errors.Error, RuntimeError):
   """The config's losses differ from its reference path's beyond the tolerance (``result``: the figures)."""
-  exit_code = 6
+  exit_code = errors.REFERENCE
 
   def __init__(self, message: str, result: dict):
     super().__init__(message)
@@ -351,24 +351,19 @@ def run(config, mode: str) -> dict:
 
 
 def main(argv):
-  del argv
-  from llm_jax import bench_decode
+  cli.no_positional(argv)
   from llm_jax import bench_sweep
   if FLAGS.sweep:
     result = bench_sweep.run_sweep(bench_sweep.parse_entries(FLAGS.sweep), passthrough_flags(),
                                    FLAGS.sweep_out, mode=FLAGS.mode)
   elif FLAGS.config is None:
-    sys.exit('llm_jax.bench: give --config=configs/NAME.py (or --sweep=...).')
+    raise errors.ConfigError('give --config=configs/NAME.py (or --sweep=...).')
   else:
-    try:
-      result = run(FLAGS.config, FLAGS.mode)
-    except (ReferenceMismatch, bench_decode.DecodeMismatch) as e:
-      print(f'llm_jax.bench: {e}', file=sys.stderr, flush=True)
-      sys.exit(ReferenceMismatch.exit_code)
+    result = run(FLAGS.config, FLAGS.mode)
   print(json.dumps(result), flush=True)
 
 
 if __name__ == '__main__':
   from llm_jax import bench as _bench  # one module object, also when run with -m
   _bench.define_flags()
-  app.run(_bench.main)
+  cli.run(_bench.main)

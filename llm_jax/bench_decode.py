@@ -33,12 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm_jax import config as config_lib
+from llm_jax import errors
 from llm_jax import generate as gen
 from llm_jax.models import transformer
 
 
-class DecodeMismatch(RuntimeError):
+class DecodeMismatch(errors.Error, RuntimeError):
   """Cached decoding produced other tokens than full recomputation."""
+  exit_code = errors.REFERENCE
 
 
 def _best_time(fn, repeats: int, budget_s: float = 1.0, most: int = 20) -> tuple[float, jax.Array]:
@@ -64,7 +66,7 @@ def benchmark_decoding(config, *, batch_sizes=(1, 64), new_tokens: int = 256, pr
   """Prefill and per-token latency, tokens/s and the cache's speedup per batch size (a dict)."""
   from llm_jax.bench import synthetic_vocab
   if new_tokens < 2 or prompt_len < 1:
-    raise ValueError(f'--decode_new_tokens={new_tokens} must be >= 2 and --decode_prompt_len={prompt_len} >= 1.')
+    raise errors.ConfigError(f'--decode_new_tokens={new_tokens} must be >= 2 and --decode_prompt_len={prompt_len} >= 1.')
   vocab = synthetic_vocab(config, vocab_size)
   model_cfg = config_lib.model_config(config, vocab)
   config_len = model_cfg.max_len

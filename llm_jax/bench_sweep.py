@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from llm_jax import errors
+
 _BATCH_KEYS = ('inputs', 'targets', 'weights', 'positions', 'segment_ids')
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +41,7 @@ def _parse_one(entry: str) -> tuple[str, dict]:
   for item in filter(None, (s.strip() for s in rest.split(';'))):
     key, eq, value = item.partition('=')
     if not eq:
-      raise ValueError(f'sweep entry {entry!r}: override {item!r} is not key=value.')
+      raise errors.ConfigError(f'sweep entry {entry!r}: override {item!r} is not key=value.')
     overrides[key.strip().removeprefix('config.')] = value.strip()
   return path, overrides
 
@@ -84,7 +86,7 @@ def run_entry(path: str, overrides: dict, flags: list[str], *, env=None, timeout
   result = last_json(proc.stdout) if proc.returncode == 0 else None
   if result is None:
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    refusal = [line for line in lines if line.startswith('llm_jax.bench:')]
+    refusal = [line for line in lines if line.startswith('llm_jax: ')]
     return dict(row, error=f'exit {proc.returncode}: ' + ((refusal or lines or ['no output'])[-1])[:2000])
   return dict(row, result=result)
 

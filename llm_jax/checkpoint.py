@@ -40,6 +40,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
+from llm_jax import errors
+
 ITEMS = ('params', 'train', 'meta')
 COMMIT_FILE = 'commit_success.txt'      # Orbax's commit marker, present in every finalized step
 FILES = 'llm_jax_files.json'            # {path relative to the step: size in bytes, -1: must exist}
@@ -50,9 +52,9 @@ _REQUIRED = ('_CHECKPOINT_METADATA', 'params/_METADATA', 'params/manifest.ocdbt'
 _TMP_MARK = '.orbax-checkpoint-tmp'
 
 
-class CheckpointError(Exception):
+class CheckpointError(errors.Error):
   """A checkpoint that cannot be restored into this run (corrupt, or another model)."""
-  exit_code = 4
+  exit_code = errors.CHECKPOINT
 
 
 class CorruptCheckpointError(CheckpointError):
@@ -70,9 +72,9 @@ class CheckpointMismatchError(CheckpointError):
   """A checkpoint of another model: other kind, parameter paths or shapes."""
 
 
-class CheckpointSaveError(Exception):
+class CheckpointSaveError(errors.Error):
   """A save that failed (full or read-only disk); the previous checkpoint is intact."""
-  exit_code = 5
+  exit_code = errors.SAVE_FAILED
 
 
 def keep_policy(ckpt_cfg: ml_collections.ConfigDict):
@@ -159,10 +161,7 @@ class Checkpoints:
 
   def finalized_steps_on_disk(self) -> list[int]:
     """Steps whose directory holds the commit marker, read from the disk (not Orbax's cache)."""
-    if not os.path.isdir(self.directory):
-      return []
-    return sorted(int(n) for n in os.listdir(self.directory)
-                  if n.isdigit() and os.path.exists(os.path.join(self.directory, n, COMMIT_FILE)))
+    return finalized_steps(os.path.dirname(self.directory))
 
   # ---- save -------------------------------------------------------------------------------
 
@@ -395,19 +394,13 @@ def _shapes(tree) -> dict:
   return out
 
 
-def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: {workdir!r} is not a training workdir '
-                            f'(train one with python -m llm_jax.main --workdir={workdir}).')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+def finalized_steps(workdir: str) -> list[int]:
+  """The committed checkpoint steps of ``workdir``, read from the disk without opening Orbax."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.exists(os.path.join(directory, n, COMMIT_FILE)))
 
 
 def cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -417,10 +410,11 @@ def cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
 def load_for_inference(workdir: str, step: Optional[int] = None):
   """(config, model_cfg, params, tokenizer) of a trained run, on the default device."""
   from llm_jax import config as config_lib
+  from llm_jax import workdir as workdir_lib
   from llm_jax.data import load_tokenizer
   from llm_jax.models import transformer
 
-  config = load_config(workdir)
+  config = workdir_lib.load_config(workdir)
   tokenizer = load_tokenizer(cache_dir(config, workdir))
   model_cfg = config_lib.model_config(config, tokenizer.vocab_size)
   model = transformer.build(config.model.kind, model_cfg)
@@ -428,7 +422,8 @@ def load_for_inference(workdir: str, step: Optional[int] = None):
   try:
     step = ckpts.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f'no finished checkpoint in {ckpts.directory}; train longer or wait for the save.')
+      raise CheckpointError(f'no finished checkpoint in {ckpts.directory} yet; train until the first save '
+                            f'(checkpoint.every_steps={config.checkpoint.every_steps}) or wait for it.')
     params = ckpts.restore_params(step, abstract_params(model, model_cfg))
   finally:
     ckpts.close()

@@ -12,13 +12,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from llm_jax import parallel
+from llm_jax.errors import ConfigError  # raised by validate; callers catch it from here too
 from llm_jax.models import attention as attention_kernels
+from llm_jax.models import axes
 from llm_jax.models import layers
 from llm_jax.models import transformer
-
-
-class ConfigError(ValueError):
-  """A config that cannot run; the message names the key and the fix."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -213,9 +211,49 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     raise ConfigError(f'config.sample.max_new_tokens={config.sample.max_new_tokens} leaves no room for the prompt '
                       f'in {max_len} positions (config.model.max_len); lower it below {max_len}.')
   _one_of('train.nonfinite', t.nonfinite, ('abort', 'skip'))
+  _validate_memory(config, num_devices)
   _validate_checkpoint(config)
   if config.init_from and not os.path.isdir(config.init_from):
     raise ConfigError(f'config.init_from={config.init_from!r} is not a directory; give a run\'s workdir.')
+
+
+def _gib(n: float) -> str:
+  return f'{n / 2 ** 40:.1f} TiB' if n >= 2 ** 40 else f'{n / 2 ** 30:.1f} GiB'
+
+
+def attention_bytes(config: ml_collections.ConfigDict, num_devices: int) -> int:
+  """A lower bound on one device's memory for the attention probabilities the backward pass keeps.
+
+  Kernels that materialize them (all but cudnn and splash) keep [rows, heads, T, T] float32
+  per layer (about half of it where causal tiles are skipped), for every layer without
+  remat and for one layer at a time with it; rows and heads are this device's share.
+  """
+  m, t = config.model, config.train
+  data, fsdp, tensor = parallel.mesh_shape(config.mesh, num_devices)
+  rules = parallel.rules_from_config(config.mesh.rules)
+  sizes = dict(data=data, fsdp=fsdp, tensor=tensor)
+  rows = max(1, t.batch_size // t.micro_batches // parallel.rule_size(rules, axes.ACT_BATCH, sizes))
+  heads = max(1, m.num_heads // parallel.rule_size(rules, axes.ACT_HEADS, sizes))
+  layers_kept = m.num_layers if m.remat == 'none' else 1
+  return int(rows * heads * config.data.seq_len ** 2 * 4 * layers_kept * 0.5)
+
+
+def _validate_memory(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """ConfigError when the attention probabilities alone cannot fit a device (a huge seq_len)."""
+  import jax
+  if config.model.attention_kernel in ('cudnn', 'splash') or (
+      config.model.attention_kernel == 'auto' and jax.default_backend() != 'cpu'):
+    return  # flash kernels never hold [T, T]
+  have = parallel.device_memory_bytes()
+  need = attention_bytes(config, num_devices)
+  if have and need > have:
+    m, d, t = config.model, config.data, config.train
+    raise ConfigError(
+        f'config.data.seq_len={d.seq_len} with train.batch_size={t.batch_size} needs at least {_gib(need)} per '
+        f'device for the attention probabilities alone ({m.num_heads} heads × {d.seq_len}² float32, '
+        f'{m.num_layers if m.remat == "none" else 1} layer(s) kept for the backward pass), more than the '
+        f'{_gib(have)} a device has here; lower data.seq_len or train.batch_size, or raise '
+        f'train.micro_batches or set model.remat=full.')
 
 
 def _validate_checkpoint(config: ml_collections.ConfigDict) -> None:

@@ -30,6 +30,7 @@ from absl import logging
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from llm_jax import errors
 from llm_jax.models import axes
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -316,12 +317,28 @@ def batch_sharding(mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:
       blocks.setdefault(device.process_index, set()).add(index[0].start or 0)
     if ways % processes or any(rows != set(range(p * ways // processes, (p + 1) * ways // processes))
                                for p, rows in blocks.items()):
-      from llm_jax.config import ConfigError  # config imports this module
-      raise ConfigError(
+      raise errors.ConfigError(
           f'the batch is split {ways} ways ({dict(rules)[axes.ACT_BATCH]} of mesh {dict(mesh.shape)}) over '
           f'{processes} processes, but each process must hold its own contiguous rows; make the batch '
           f'axes a multiple of {processes} with the other axes inside a host (or use config.mesh.dcn_data).')
   return sharding
+
+
+def device_memory_bytes() -> int | None:
+  """Memory one device can hold: an accelerator's allocator limit; for CPU devices the host's
+  physical memory shared among this process's devices. None where it cannot be told."""
+  device = jax.local_devices()[0]
+  if device.platform == 'cpu':
+    try:
+      total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError):
+      return None
+    return total // jax.local_device_count()
+  try:
+    stats = device.memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except  (a backend without memory stats)
+    return None
+  return stats.get('bytes_limit')
 
 
 def put_batch(batch: dict, sharding: NamedSharding) -> dict:

@@ -1,9 +1,10 @@
 r"""Samples text from a trained run.
 
-  python -m llm_jax.sample --workdir=DIR --prompt='To be' --max_new_tokens=200 \
+  python -m llm_jax.sample --workdir=runs/default --prompt='The ' --max_new_tokens=100 \
       [--temperature=0.8 --top_k=0 --top_p=1.0 --seed=0 --num_samples=1]
 
-Sampling flags left unset take the run's ``config.sample`` values. An empty prompt
+Sampling flags left unset take the run's ``config.sample`` values (``max_new_tokens``
+shortened to what fits the model's positions after the prompt). An empty prompt
 starts a fresh document: generation is seeded with the tokenizer's eos token, the
 token that separates documents in training. ``sample_text`` is the same thing as a
 function, for notebooks and for the training loop's end-of-run sample.
@@ -15,13 +16,14 @@ if __name__ == '__main__':
 
 import sys  # noqa: E402
 
-from absl import app
 from absl import flags
-from absl import logging
 import jax
 import numpy as np
 
+from llm_jax import cli
+from llm_jax import errors
 from llm_jax import generate
+from llm_jax.data import tokenizers
 from llm_jax.models.layers import TransformerConfig
 
 _SETTINGS = ('max_new_tokens', 'temperature', 'top_k', 'top_p')
@@ -35,11 +37,17 @@ def prompt_tokens(tokenizer, prompt: str, max_len: int, max_new_tokens: int) -> 
   logged warning; if max_new_tokens alone fills max_len nothing is cut and
   ``generate`` raises its error.
   """
+  unknown = tokenizers.unknown_characters(tokenizer, prompt)
+  if unknown:
+    shown = ', '.join(f'{c!r} ×{n}' for c, n in sorted(unknown.items(), key=lambda x: -x[1])[:10])
+    print(f'[llm_jax] the prompt has {sum(unknown.values())} character(s) the {tokenizer.kind} tokenizer never '
+          f'saw in training ({shown}{", ..." if len(unknown) > 10 else ""}); each is encoded as the unknown '
+          f'token and shows as U+FFFD.', file=sys.stderr, flush=True)
   ids = [int(i) for i in tokenizer.encode(prompt)] or [tokenizer.eos_id]
   keep = max_len - max_new_tokens
   if 0 < keep < len(ids):
-    logging.warning('The prompt has %d tokens; keeping its last %d so that %d new tokens fit '
-                    'max_len=%d.', len(ids), keep, max_new_tokens, max_len)
+    print(f'[llm_jax] the prompt has {len(ids)} tokens; keeping its last {keep} so that {max_new_tokens} new '
+          f'tokens fit the model\'s {max_len} positions.', file=sys.stderr, flush=True)
     ids = ids[-keep:]
   return ids
 
@@ -85,19 +93,23 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # library INFO logs (Orbax) off, as in llm_jax.main
+  cli.no_positional(argv)
+  if FLAGS.num_samples < 1:
+    raise errors.ConfigError(f'--num_samples={FLAGS.num_samples} must be at least 1.')
   from llm_jax import checkpoint  # here, so importing sample_text needs no checkpoint stack
   config, model_cfg, params, tokenizer = checkpoint.load_for_inference(FLAGS.workdir)
   settings = {name: config.sample[name] if FLAGS[name].value is None else FLAGS[name].value
               for name in _SETTINGS}
+  room = model_cfg.max_len - max(1, len(tokenizer.encode(FLAGS.prompt)))
+  if FLAGS.max_new_tokens is None and settings['max_new_tokens'] > room > 0:
+    settings['max_new_tokens'] = room  # the run's default does not fit after this prompt
+    print(f'[llm_jax] generating {room} tokens: the model has {model_cfg.max_len} positions '
+          f'(--max_new_tokens sets it).', file=sys.stderr, flush=True)
   try:
     texts = sample_text(model_cfg, params, tokenizer, FLAGS.prompt, seed=FLAGS.seed,
                         num_samples=FLAGS.num_samples, kind=config.model.kind, **settings)
   except ValueError as e:
-    sys.exit(f'error: {e}')
+    raise errors.ConfigError(str(e)) from None
   for i, text in enumerate(texts):
     print(f'--- sample {i + 1}/{len(texts)}')
     print(text)
@@ -105,4 +117,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -123,7 +123,7 @@ def test_sweep_writes_a_row_per_config_and_records_refusals(tmp_path):
   rows = json.loads((tmp_path / 'sweep.json').read_text())
   assert summary['rows'] == len(rows) == 2 and summary['errors'] == 1
   assert rows[0]['result']['step_ms'] > 0 and rows[0]['result']['reference_max_rel_delta'] == 0
-  assert rows[1]['error'].startswith(f'exit {bench.ReferenceMismatch.exit_code}: llm_jax.bench: refusing to report')
+  assert rows[1]['error'].startswith(f'exit {bench.ReferenceMismatch.exit_code}: llm_jax: refusing to report')
   table = (tmp_path / 'sweep.md').read_text().strip().splitlines()
   assert len(table) == 2 + 2 and 'peak memory GiB' in table[0] and 'model.dtype=bfloat16' in table[3]
 
@@ -136,6 +136,7 @@ def test_memory_mode_compares_one_device_with_fsdp():
   assert isinstance(result['meets_target'], bool)
 
 
+@pytest.mark.slow  # the device wrapper's test below runs the same script on one part
 def test_gpu_script_runs_tiny_on_cpu(tmp_path):
   path = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
   env = dict(os.environ, PYTHONPATH=path)
@@ -208,6 +209,7 @@ def _run_attention_timer(tmp_path, *args):
   return _run_cpu_mfu_ab('attention.py', tmp_path, *args)
 
 
+@pytest.mark.slow  # the kernels it times are checked in-process below
 def test_attention_timer_times_kernels_alone_and_checks_their_values(tmp_path):
   out = tmp_path / 'attention.json'
   proc = _run_attention_timer(tmp_path, '--tiny', '--rounds=1', '--iters=1', '--kernel=blocked',
@@ -264,6 +266,7 @@ def test_compile_step_applies_compiler_options_to_that_compilation_alone(tmp_pat
   assert 'reduce-window' in plain.as_text() and 'reduce-window' not in flat.as_text()
 
 
+@pytest.mark.slow  # test_compile_step_applies_compiler_options... checks the mechanism in-process
 def test_ab_script_takes_xla_options_per_variant(tmp_path):
   proc = _run_ab(tmp_path, '--tiny', '--rounds=1', '--steps=1', '--variant=base:',
                  '--variant=flat:xla_disable_hlo_passes=tree_reduction_rewriter', f'--out={tmp_path / "ab.json"}')

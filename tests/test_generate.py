@@ -6,7 +6,6 @@ degenerate) on the CPU; shapes are shared between tests so compiles are reused.
 
 import dataclasses
 import functools
-import logging
 import string
 
 import flax.linen as nn
@@ -218,13 +217,25 @@ class LetterTokenizer:
     return ''.join(self.letters[i - 1] for i in ids)
 
 
-def test_prompt_tokens_start_with_eos_and_keep_the_end(caplog):
+def test_prompt_tokens_start_with_eos_and_keep_the_end(capsys):
   tok = LetterTokenizer()
   assert sample_cli.prompt_tokens(tok, '', max_len=32, max_new_tokens=27) == [tok.eos_id]
-  with caplog.at_level(logging.WARNING):
-    ids = sample_cli.prompt_tokens(tok, tok.letters[:40], max_len=32, max_new_tokens=27)
+  ids = sample_cli.prompt_tokens(tok, tok.letters[:40], max_len=32, max_new_tokens=27)
   assert ids == tok.encode(tok.letters[35:40])
-  assert 'keeping its last 5' in caplog.text
+  assert 'keeping its last 5' in capsys.readouterr().err
+
+
+def test_prompt_with_unknown_characters_is_named_once(capsys, tmp_path):
+  from llm_jax.data.tokenizers import CharTokenizer, unknown_characters
+  tok = CharTokenizer('abc ')
+  assert unknown_characters(tok, 'abc cab') == {}
+  assert unknown_characters(tok, 'ab éé😀') == {'é': 2, '😀': 1}
+  ids = sample_cli.prompt_tokens(tok, 'ab éé😀', max_len=32, max_new_tokens=4)
+  assert ids.count(tok.unk_id) == 3
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and "3 character(s)" in err and "'é' ×2" in err and "'😀' ×1" in err
+  sample_cli.prompt_tokens(tok, 'abc', max_len=32, max_new_tokens=4)
+  assert capsys.readouterr().err == ''
 
 
 def test_sample_text_is_prompt_plus_greedy_continuation_cut_at_eos():

@@ -39,6 +39,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from llm_jax import errors
 from llm_jax.data import sources
 from llm_jax.data.tokenizers import PAD_ID, Tokenizer, build_tokenizer
 
@@ -105,7 +106,8 @@ class Dataset:
   """Packed train and eval streams served as batches of shape [local_batch, seq_len].
 
   Attributes: tokenizer, seq_len, global_batch, local_batch, rows_per_epoch (train
-  rows per epoch), eval_rows (0 without an eval split), cache_dir.
+  rows per epoch), eval_rows (0 without an eval split), train_tokens and eval_tokens
+  (the packed streams' lengths, eos included), cache_dir.
   """
 
   def __init__(self, tokenizer: Tokenizer, train: tuple[np.ndarray, np.ndarray],
@@ -115,7 +117,7 @@ class Dataset:
     """`train` and `eval_` are (tokens, doc_starts) as made by `tokenize_documents`."""
     _check_batch(global_batch, process_index, process_count)
     if seq_len < 1 or seed < 0:
-      raise ValueError(f'config.data.seq_len={seq_len} must be >= 1 and config.seed={seed} >= 0.')
+      raise errors.DataError(f'config.data.seq_len={seq_len} must be >= 1 and config.seed={seed} >= 0.')
     self.tokenizer, self.seq_len, self.global_batch, self.seed = tokenizer, seq_len, global_batch, seed
     self.process_index, self.process_count = process_index, process_count
     self.local_batch = global_batch // process_count
@@ -123,12 +125,13 @@ class Dataset:
     self._train, self._eval = train, eval_
     n, length = len(train[0]), seq_len + 1
     if n < length:
-      raise ValueError(f'{name}: the training split has {n} tokens, fewer than one row of '
+      raise errors.DataError(f'{name}: the training split has {n} tokens, fewer than one row of '
                        f'config.data.seq_len + 1 = {length}; lower config.data.seq_len or '
                        'use more data.')
     self.rows_per_epoch = max(1, (n - seq_len) // length)
     self._max_offset = min(seq_len, n - self.rows_per_epoch * length)
     self.eval_rows = 0 if eval_ is None else -(-(len(eval_[0]) - 1) // seq_len)
+    self.train_tokens, self.eval_tokens = n, 0 if eval_ is None else len(eval_[0])
     self._epochs: dict[int, tuple[int, np.ndarray]] = {}
 
   def _epoch(self, epoch: int) -> tuple[int, np.ndarray]:
@@ -178,7 +181,7 @@ class Dataset:
 
 def _check_batch(global_batch: int, process_index: int, process_count: int) -> None:
   if global_batch < 1 or process_count < 1 or global_batch % process_count:
-    raise ValueError(f'the global batch size {global_batch} (config.train.batch_size) must be a '
+    raise errors.DataError(f'the global batch size {global_batch} (config.train.batch_size) must be a '
                      f'positive multiple of the {process_count} processes; use a multiple of '
                      f'{process_count}.')
   if not 0 <= process_index < process_count:
@@ -213,7 +216,7 @@ def _tokenizer(data_cfg, cache_dir: str) -> Tokenizer:
       saved = json.load(f)
     if saved != source:
       changed = sorted(k for k in source if saved.get(k) != source[k])
-      raise ValueError(f'{cache_dir!r} holds a tokenizer built for other data settings '
+      raise errors.DataError(f'{cache_dir!r} holds a tokenizer built for other data settings '
                        f'(config.data.{", ".join(changed)} differ); use a fresh --workdir or '
                        'set --config.data.cache_dir to another directory.')
   os.makedirs(cache_dir, exist_ok=True)

@@ -29,6 +29,8 @@ from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
+from llm_jax import errors
+
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 NUM_SPECIAL = 3
 SPEC_FILE = 'tokenizer.json'
@@ -178,7 +180,7 @@ class SentencePieceTokenizer:
             **unused) -> 'SentencePieceTokenizer':
     import sentencepiece as spm
     if sp_model_type not in ('bpe', 'unigram'):
-      raise ValueError(f"config.data.sp_model_type={sp_model_type!r}: use 'bpe' or 'unigram'.")
+      raise errors.DataError(f"config.data.sp_model_type={sp_model_type!r}: use 'bpe' or 'unigram'.")
     model = io.BytesIO()
     try:
       spm.SentencePieceTrainer.train(
@@ -189,7 +191,7 @@ class SentencePieceTokenizer:
           add_dummy_prefix=False, user_defined_symbols=['\n'], character_coverage=1.0,
           allow_whitespace_only_pieces=True, num_threads=os.cpu_count() or 1, minloglevel=2)
     except RuntimeError as e:
-      raise ValueError(f'config.data.vocab_size={vocab_size} with sentencepiece '
+      raise errors.DataError(f'config.data.vocab_size={vocab_size} with sentencepiece '
                        f'{sp_model_type!r} failed: {e}. Lower config.data.vocab_size or use '
                        'more training text.') from e
     return cls(model.getvalue(), vocab_size, sp_model_type)
@@ -213,17 +215,31 @@ class SentencePieceTokenizer:
                            'model_type': self.model_type})
 
 
+def unknown_characters(tokenizer: Tokenizer, text: str) -> dict[str, int]:
+  """{character: count} of the characters of ``text`` that ``tokenizer`` encodes as unk.
+
+  Empty for tokenizers without an unk token in use ('byte' encodes everything).
+  """
+  unk = getattr(tokenizer, 'unk_id', None)
+  if unk is None or not text or unk not in np.asarray(tokenizer.encode(text)):
+    return {}
+  counts: dict[str, int] = {}
+  for char in text:
+    counts[char] = counts.get(char, 0) + 1
+  return {c: n for c, n in counts.items() if unk in np.asarray(tokenizer.encode(c))}
+
+
 def load_tokenizer(directory: str) -> Tokenizer:
   """The tokenizer that `save(directory)` wrote (e.g. into a run's cache dir)."""
   path = os.path.join(directory, SPEC_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'no tokenizer in {directory!r} (missing {SPEC_FILE}); it is written '
+    raise errors.DataError(f'no tokenizer in {directory!r} (missing {SPEC_FILE}); it is written '
                             'by the first training run into config.data.cache_dir '
                             '(default WORKDIR/data).')
   with open(path) as f:
     spec = json.load(f)
   if spec.get('kind') not in _REGISTRY:
-    raise ValueError(f'{path} names tokenizer kind {spec.get("kind")!r}; known: {names()}.')
+    raise errors.DataError(f'{path} names tokenizer kind {spec.get("kind")!r}; known: {names()}.')
   return _REGISTRY[spec['kind']].load(directory, spec)
 
 
@@ -236,14 +252,14 @@ def build_tokenizer(kind: str, train_texts: Iterable[str], *, vocab_size: int,
   silently replaced: a checkpoint's ids depend on it.
   """
   if kind not in _REGISTRY:
-    raise ValueError(f'config.data.tokenizer={kind!r} is unknown; use one of {names()}.')
+    raise errors.DataError(f'config.data.tokenizer={kind!r} is unknown; use one of {names()}.')
   if os.path.exists(os.path.join(directory, SPEC_FILE)):
     tokenizer = load_tokenizer(directory)
     saved = (tokenizer.kind, getattr(tokenizer, 'requested_vocab_size', None),
              getattr(tokenizer, 'model_type', None))
     wanted = (kind, vocab_size, sp_model_type) if kind == 'sentencepiece' else (kind, None, None)
     if saved != wanted:
-      raise ValueError(
+      raise errors.DataError(
           f'{directory!r} holds a tokenizer {saved} but the config asks for {wanted} '
           '(config.data.tokenizer, vocab_size, sp_model_type); use a fresh --workdir or '
           'set --config.data.cache_dir to another directory.')

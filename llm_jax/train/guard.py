@@ -25,12 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from llm_jax import errors
+
 CHECKED = ('train_loss', 'grad_norm', 'param_norm')
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(errors.Error, RuntimeError):
   """A NaN/Inf at ``step`` in ``metric``; the run stopped without saving that state."""
-  exit_code = 3
+  exit_code = errors.NON_FINITE
 
   def __init__(self, step: int, metric: str, value: float, newest_checkpoint=None):
     self.step, self.metric, self.value = step, metric, value

@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,12 +27,14 @@ from llm_jax import data as data_lib
 from llm_jax import parallel
 from llm_jax import perf
 from llm_jax import preemption
+from llm_jax import workdir as workdir_lib
 from llm_jax.models import transformer
 from llm_jax.train import guard
 from llm_jax.train import metrics as metrics_lib
 from llm_jax.train import objectives
 from llm_jax.train import optim
 from llm_jax.train import step as step_lib
+from llm_jax.train import summary as summary_lib
 
 
 @dataclasses.dataclass
@@ -145,7 +147,8 @@ def _initial_state(trainer: Trainer, ckpts: ckpt_lib.Checkpoints) -> tuple[Any, 
     try:
       step = other.latest_step()
       if step is None:
-        raise FileNotFoundError(f'config.init_from={config.init_from!r} holds no finished checkpoint.')
+        raise config_lib.ConfigError(f'config.init_from={config.init_from!r} holds no finished checkpoint; '
+                                     'give the workdir of a run that has saved one.')
       params = other.restore_params(step, trainer.abstract_state.params)
     finally:
       other.close()
@@ -154,43 +157,79 @@ def _initial_state(trainer: Trainer, ckpts: ckpt_lib.Checkpoints) -> tuple[Any, 
   return state, 0, 0
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains until train.steps (or train.stop_at), evaluating, logging and checkpointing.
-
-  Returns the final summary (step, last train loss, last eval loss, seconds). Raises
-  ``preemption.Preempted`` after saving on SIGTERM, ``guard.NonFiniteError`` on a NaN/Inf
-  (nothing of that step saved), ``checkpoint.CheckpointSaveError`` if a save failed and
-  ``checkpoint.CheckpointError`` for a checkpoint that cannot be resumed; main.py turns
-  each into its exit code.
-  """
+def _make_workdir(workdir: str) -> None:
+  if '://' in workdir:
+    raise config_lib.ConfigError(f'--workdir={workdir} is a URL; workdirs are local paths for now: mount the '
+                                 f'bucket (gcsfuse, docs/parallelism.md) and give its local path.')
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise config_lib.ConfigError(f'--workdir={workdir} is a file; give a directory '
                                  f'(it will hold checkpoints, metrics and config.json).')
-  with preemption.Watch() as preempt:
+  try:
     os.makedirs(workdir, exist_ok=True)
-    trainer = build_trainer(config, workdir)
-    ckpt_lib.save_config(workdir, config)
-    ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint)
-    start_time = time.time()
-    writer = None
-    try:
-      with trainer.context():
-        state, first, skipped = _initial_state(trainer, ckpts)
-        last = config.train.stop_at if config.train.stop_at != -1 else config.train.steps
-        writer = metrics_lib.MetricsWriter(workdir, resume_step=first)
-        nonfinite = guard.Watch(config.train.nonfinite, skipped)
-        summary = _run(trainer, state, first, last, ckpts, writer, nonfinite, preempt)
-        params = summary.pop('_params')
-    except BaseException:
-      _close_after_error(ckpts, writer)
-      raise
-    writer.close()
-    ckpts.close()  # waits for the last save; raises CheckpointSaveError if it failed
+  except OSError as e:
+    raise config_lib.ConfigError(f'cannot create --workdir={workdir} ({e.strerror}); give a directory '
+                                 'you can write to.') from None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_changes: Sequence[str] = ()) -> dict:
+  """Trains until train.steps (or train.stop_at), evaluating, logging and checkpointing.
+
+  Holds the workdir's lock for the whole run and refuses a resume that changes the model,
+  the data or the batch unless ``allow_changes`` names those keys (``llm_jax.workdir``);
+  the workdir's config record changes only once the run has restored its state.
+  Returns the final summary (step, last train loss, last eval loss, seconds). Raises an
+  ``errors.Error`` with its exit code for everything a user can act on: a bad config
+  (2), a NaN/Inf (3, nothing of that step saved), a checkpoint or change that cannot be
+  resumed (4), a failed save (5), a busy workdir (8), SIGTERM (75) or Ctrl-C (130) after
+  saving at the step in flight.
+  """
+  config_lib.validate(config, num_devices=jax.device_count())
+  workdir_lib.check_allowed(config, allow_changes)
+  _make_workdir(workdir)
+  with workdir_lib.held(workdir) as lock:
+    resuming = bool(ckpt_lib.finalized_steps(workdir))
+    changes = workdir_lib.check_resume(workdir, config, allow_changes, resuming=resuming)
+    kept = lambda: (ckpt_lib.finalized_steps(workdir) or [None])[-1]
+    with preemption.Watch(kept=kept, on_abort=lock.release if lock else lambda: None) as preempt:
+      return _train(config, workdir, preempt, changes, allow_changes)
+
+
+def _train(config, workdir: str, preempt: preemption.Watch, changes: dict, allow_changes) -> dict:
+  trainer = build_trainer(config, workdir)
+  ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint)
+  start_time = time.time()
+  writer = None
+  try:
+    with trainer.context():
+      had_record = workdir_lib.read_config(workdir) is not None
+      state, first, skipped = _initial_state(trainer, ckpts)
+      event = 'resume' if first else 'restart' if had_record else 'start'
+      workdir_lib.record(workdir, config, step=first, event=event, changes=changes, allowed=allow_changes)
+      if changes and jax.process_index() == 0:
+        print(f'[llm_jax] config changed since the last run in this workdir: '
+              f'{workdir_lib.describe_changes(changes)} (recorded in {workdir_lib.HISTORY_FILE})', flush=True)
+      last = config.train.stop_at if config.train.stop_at != -1 else config.train.steps
+      if jax.process_index() == 0:
+        print(summary_lib.startup(trainer, workdir, first, last), flush=True)
+      writer = metrics_lib.MetricsWriter(workdir, resume_step=first)
+      nonfinite = guard.Watch(config.train.nonfinite, skipped)
+      preempt.arm()
+      summary = _run(trainer, state, first, last, ckpts, writer, nonfinite, preempt)
+      params = summary.pop('_params')
+  except BaseException:
+    preempt.saving()
+    _close_after_error(ckpts, writer)
+    raise
+  preempt.saving()
+  writer.close()
+  ckpts.close()  # waits for the last save; raises CheckpointSaveError if it failed
+  preempt.disarm()
   summary['seconds'] = round(time.time() - start_time, 1)
   logging.info('Finished: %s', summary)
-  print(f'[llm_jax] done: step {summary["step"]}, train_loss {summary.get("train_loss")}, '
-        f'eval_loss {summary.get("eval_loss")}, {summary["seconds"]} s, workdir {workdir}', flush=True)
-  if config.sample.prompt and jax.process_index() == 0:
+  losses = ', '.join(f'{k} {summary[k]:.4f}' for k in ('train_loss', 'eval_loss') if k in summary)
+  print(f'[llm_jax] done: step {summary["step"]}, {losses}, {summary["seconds"]} s, workdir {workdir}', flush=True)
+  if config.sample.prompt and jax.process_index() == 0 and not preempt.interrupted:
     from llm_jax import sample
     s = config.sample
     text = sample.sample_text(trainer.model_cfg, jax.device_get(params),
@@ -267,8 +306,9 @@ def _run(trainer: Trainer, state, first: int, last: int, ckpts: ckpt_lib.Checkpo
                                  'skipped_steps': nonfinite.skipped}, metrics=ranked)
       if stop:
         bar.close()
+        preempt.saving()
         ckpts.wait()
-        raise preemption.Preempted(step, ckpts.directory)
+        raise preempt.stopped(step, ckpts.directory)
   summary['step'] = last
   summary['_params'] = state.params
   return summary

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from llm_jax import errors
 from llm_jax.data import tokenizers
 from llm_jax.data.tokenizers import build_tokenizer, load_tokenizer
 
@@ -102,5 +103,5 @@ def test_unknown_kind_names_the_key_and_the_choices(tmp_path):
 
 
 def test_load_without_tokenizer_is_a_clear_error(tmp_path):
-  with pytest.raises(FileNotFoundError, match='cache_dir'):
+  with pytest.raises(errors.DataError, match='cache_dir'):
     load_tokenizer(str(tmp_path))

@@ -8,6 +8,7 @@ from tests.faults import runs
 @pytest.fixture(scope='session', autouse=True)
 def _jax_cache(tmp_path_factory):
   runs.JAX_CACHE = tmp_path_factory.mktemp('jax_cache')
+  runs.CORPUS_DIR = tmp_path_factory.mktemp('corpus')
 
 
 @pytest.fixture(scope='session')

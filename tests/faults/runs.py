@@ -20,11 +20,13 @@ TMP_MARK = '.orbax-checkpoint-tmp'
 STEPS = 40
 SAVE_EVERY = 2  # 20 asynchronous saves in a run
 JAX_CACHE = None  # a persistent compilation cache the runs of one session share (set by conftest)
+CORPUS_DIR = None  # where the corpus lives for the whole session (set by conftest): one data.files path,
+                   # so a workdir copied to another test resumes with the config it was trained with
 
 
 def overrides(tmp: pathlib.Path, **extra) -> dict:
   """Config overrides of a 2-layer, width-32 model on a 60-line corpus (11 rows per epoch)."""
-  corpus = tmp / 'corpus.txt'
+  corpus = pathlib.Path(CORPUS_DIR or tmp) / 'corpus.txt'
   if not corpus.exists():
     corpus.write_text(TEXT)
   return {'data.dataset': 'files', 'data.files': str(corpus), 'data.eval_fraction': 0.1,

@@ -1,4 +1,5 @@
-"""Faults injected into real training processes (RELIABILITY.md rows 1, 4, 5, 6, 7).
+"""Faults injected into real training processes (RELIABILITY.md rows 1, 4, 5, 6, 7; Ctrl-C; two runs
+on one workdir).
 
 Each test starts ``python -m llm_jax.main`` (through tests/faults/driver.py, which
 patches the fault in) and checks the exit code, the message, the checkpoints left on
@@ -18,7 +19,8 @@ import pytest
 
 from tests.faults import runs
 
-EXIT_NONFINITE, EXIT_CHECKPOINT, EXIT_SAVE, EXIT_DATASET, EXIT_PREEMPTED = 3, 4, 5, 7, 75
+EXIT_NONFINITE, EXIT_CHECKPOINT, EXIT_SAVE, EXIT_DATASET, EXIT_BUSY, EXIT_PREEMPTED, EXIT_INTERRUPTED = (
+    3, 4, 5, 7, 8, 75, 130)
 
 
 def _finish(workdir, tmp, reference_losses, expect_resume_from=None, **extra):
@@ -55,7 +57,10 @@ def test_kill9_before_commit_resumes_from_last_finalized_step(tmp_path, referenc
   assert f'{unfinished}{runs.TMP_MARK}' in runs.tmp_dirs(workdir)  # written, never committed
   last = runs.finalized_steps(workdir)[-1]
   assert last < unfinished
-  _finish(workdir, tmp_path, reference[1], expect_resume_from=last)
+  assert (workdir / 'run.lock').exists()  # the dead process could not release it
+  done = _finish(workdir, tmp_path, reference[1], expect_resume_from=last)
+  assert f'taking over the lock of a stopped run in {workdir} (PID {started.proc.pid} on host ' in done.stderr
+  assert f'process {started.proc.pid} has ended' in done.stderr
 
 
 @pytest.mark.slow
@@ -111,30 +116,37 @@ def test_kill9_at_random_moments_during_20_async_saves(tmp_path, reference):
   _finish(workdir, tmp_path, reference[1], expect_resume_from=runs.finalized_steps(workdir)[-1])
 
 
-# ---- SIGTERM (row 4) --------------------------------------------------------------------------
+# ---- SIGTERM and Ctrl-C (row 4) ---------------------------------------------------------------
 
 
-def test_sigterm_between_saves_checkpoints_that_step_and_resumes_bitwise(tmp_path, reference):
+@pytest.mark.parametrize('signum, code, said, line', [
+    (signal.SIGTERM, EXIT_PREEMPTED, '[llm_jax] SIGTERM: saving a checkpoint at the end of this step',
+     'llm_jax: preempted (SIGTERM) at step '),
+    (signal.SIGINT, EXIT_INTERRUPTED, '[llm_jax] Ctrl-C: saving a checkpoint at the end of this step',
+     'llm_jax: interrupted (Ctrl-C) at step ')], ids=['SIGTERM', 'Ctrl-C'])
+def test_signal_between_saves_checkpoints_that_step_and_resumes_bitwise(tmp_path, reference, signum, code, said,
+                                                                        line):
   workdir = tmp_path / 'run'
   # Saves only at the end; batches are served slowly so the signal lands mid-run.
-  started = runs.Started(workdir, tmp_path, tmp_path / 'term.log', faults={'step_delay': 0.05},
+  started = runs.Started(workdir, tmp_path, tmp_path / 'signal.log', faults={'step_delay': 0.05},
                          **{'checkpoint.every_steps': 1000})
   try:
     runs.wait_for(lambda: runs.logged_steps(workdir) >= 8, started.proc)
-    started.proc.send_signal(signal.SIGTERM)
+    started.proc.send_signal(signum)
     sent = time.monotonic()
     rc = started.wait(timeout=60)
   finally:
     if started.proc.poll() is None:
       started.proc.kill()
   assert time.monotonic() - sent < 30
-  assert rc == EXIT_PREEMPTED, started.output()[-3000:]
   out = started.output()
-  line = next(l for l in out.splitlines() if l.startswith('llm_jax: preempted (SIGTERM) at step '))
-  step = int(line.split()[5].rstrip(':'))
+  assert rc == code, out[-3000:]
+  assert said in out and 'Traceback' not in out
+  step = int(next(l for l in out.splitlines() if l.startswith(line))[len(line):].split(':')[0])
   assert 8 <= step < runs.STEPS
   assert runs.finalized_steps(workdir) == [step]
   assert max(runs.losses(workdir)) == step
+  assert not (workdir / 'run.lock').exists()
   _finish(workdir, tmp_path, reference[1], expect_resume_from=step)
 
 
@@ -228,6 +240,59 @@ def test_corrupt_newest_checkpoint_errors_or_falls_back(tmp_path, reference, kin
   assert f'[llm_jax] checkpoint step {newest} is corrupt: ' in done.stdout
   assert f'falling back to step {previous}.' in done.stdout
   assert [p.name.split('-')[0] for p in (workdir / 'corrupt_checkpoints').iterdir()] == [str(newest)]
+
+
+# ---- a second Ctrl-C --------------------------------------------------------------------------
+
+
+def test_second_ctrl_c_while_saving_stops_at_once_keeping_the_newest_checkpoint(tmp_path, reference):
+  """The first Ctrl-C asks for a save; a second one while that save is written (its commit
+  held back 10 s) ends the process at once, naming the newest finished checkpoint, which
+  the re-run resumes from."""
+  workdir = tmp_path / 'run'
+  first = runs.run(workdir, tmp_path, **{'checkpoint.every_steps': 1000, 'train.stop_at': 4})
+  assert first.returncode == 0, first.stderr[-3000:]  # a finished checkpoint at step 4
+  started = runs.Started(workdir, tmp_path, tmp_path / 'int3.log', faults={'save_delay': 10, 'step_delay': 0.05},
+                         **{'checkpoint.every_steps': 1000})
+  try:
+    runs.wait_for(lambda: runs.logged_steps(workdir) >= 8, started.proc)
+    started.proc.send_signal(signal.SIGINT)
+    runs.wait_for(lambda: WRITTEN in started.output().split('Ctrl-C: saving')[-1], started.proc)
+    started.proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    rc = started.wait(timeout=60)
+  finally:
+    if started.proc.poll() is None:
+      started.proc.kill()
+  assert time.monotonic() - sent < 6  # not the 10 s the commit waits for
+  out = started.output()
+  assert rc == EXIT_INTERRUPTED, out[-3000:]
+  assert 'Traceback' not in out
+  assert ('llm_jax: stopped at once by a second Ctrl-C; the save in flight is discarded, the newest finished '
+          'checkpoint is step 4; re-run the same command to resume from it.') in out
+  assert runs.finalized_steps(workdir) == [4] and len(runs.tmp_dirs(workdir)) == 1
+  assert not (workdir / 'run.lock').exists()
+  _finish(workdir, tmp_path, reference[1], expect_resume_from=4)
+
+
+# ---- one run per workdir -------------------------------------------------------------------------
+
+
+def test_a_second_run_on_the_same_workdir_refuses_naming_the_first(tmp_path, reference):
+  workdir = tmp_path / 'run'
+  first = runs.Started(workdir, tmp_path, tmp_path / 'first.log', faults={'step_delay': 0.05})
+  try:
+    runs.wait_for(lambda: runs.logged_steps(workdir) >= 2, first.proc)
+    second = runs.run(workdir, tmp_path)
+    assert second.returncode == EXIT_BUSY, second.stderr[-3000:]
+    message = next(l for l in second.stderr.splitlines() if l.startswith('llm_jax: '))
+    assert f'is in use by another training run (PID {first.proc.pid} on host ' in message
+    assert first.wait() == 0
+  finally:
+    if first.proc.poll() is None:
+      first.proc.kill()
+  assert runs.losses(workdir) == reference[1]  # every step once: the second run trained nothing
+  assert not (workdir / 'run.lock').exists()
 
 
 # ---- a dataset that cannot be downloaded ------------------------------------------------------

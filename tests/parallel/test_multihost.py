@@ -80,4 +80,40 @@ def test_two_processes_refuse_a_batch_that_cannot_be_split_between_them(parallel
   bad = {'mesh.dcn_data': 1, 'mesh.data': 1, 'mesh.fsdp': 2, 'mesh.tensor': 4, 'mesh.rules.act_batch': 'tensor'}
   outputs = run_two_processes(parallel_dir / 'refused', tmp, bad, common.cpu_env(4), expect_exit=2)
   for out in outputs:
-    assert 'config error: the batch is split 4 ways' in out and 'over 2 processes' in out, out[-3000:]
+    assert 'llm_jax: the batch is split 4 ways' in out and 'over 2 processes' in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_one_process_saves_one_step_on_both(parallel_dir):
+  """Ctrl-C reaches one host only: it is passed on as a preemption notice, so both processes
+  save the same step and stop (the interrupted one with 130, the other with 75)."""
+  import signal
+  import time
+  tmp = parallel_dir / 'tmp'
+  workdir = parallel_dir / 'ctrl_c'
+  port = free_port()
+  flags = {**common.overrides(tmp), 'mesh.dcn_data': 2, 'mesh.data': 1, 'mesh.fsdp': 4, 'train.steps': 100000,
+           'checkpoint.every_steps': 100000}
+  procs = [subprocess.Popen([sys.executable, '-m', 'llm_jax.main', '--config=configs/default.py',
+                             f'--workdir={workdir}', *[f'--config.{k}={v}' for k, v in flags.items()],
+                             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+                            cwd=common.ROOT, env=common.cpu_env(4), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    deadline = time.monotonic() + common.TIMEOUT_S
+    metrics = workdir / 'metrics.jsonl'
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+      assert time.monotonic() < deadline and all(p.poll() is None for p in procs), 'no steps logged'
+      time.sleep(0.1)
+    procs[1].send_signal(signal.SIGINT)
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert [p.returncode for p in procs] == [75, 130], outputs[1][-3000:]
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert len(steps) == 1
+  assert f'preempted (SIGTERM) at step {steps[0]}' in outputs[0]
+  assert f'interrupted (Ctrl-C) at step {steps[0]}' in outputs[1]
