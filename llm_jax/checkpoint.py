@@ -306,6 +306,47 @@ class Checkpoints:
     except Exception as e:  # pylint: disable=broad-except
       raise self._restore_error(step, e) from e
 
+  def restore_matching(self, step: int, abstract_params, fresh) -> tuple[Any, dict]:
+    """The parameters of ``abstract_params``' tree: those this checkpoint holds at the same
+    path restored onto their shardings, the others taken from ``fresh`` (a new head).
+
+    Returns (params, {'restored': [...], 'fresh': [...], 'unused': [...]}), path lists for
+    the log. A path both hold with different shapes is a CheckpointMismatchError listing
+    every such path (a new head starts fresh; a changed body is not silently replaced).
+    """
+    self.verify(step)
+    try:
+      saved_tree = self.manager.item_metadata(step)['params']
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._restore_error(step, e) from e
+    saved, want = _shapes(saved_tree), _shapes(abstract_params)
+    clash = sorted(k for k in saved.keys() & want.keys() if saved[k] != want[k])
+    if clash:
+      raise CheckpointMismatchError(
+          f'checkpoint step {step} in {self.directory} has parameters of other shapes than the model '
+          f'({len(clash)} paths): ' + '; '.join(f'{k}: checkpoint {saved[k]}, model {want[k]}' for k in clash[:10])
+          + ('; ...' if len(clash) > 10 else '') + '. Use a config with the shapes it was trained with.')
+    placed = {_key(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+    default = next(iter(placed.values())).sharding if placed else None
+    if default is not None and hasattr(default, 'mesh'):
+      default = jax.sharding.NamedSharding(default.mesh, jax.sharding.PartitionSpec())
+
+    def target(path, meta):
+      key = _key(path)
+      sharding = placed[key].sharding if key in placed else default
+      return jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype, sharding=sharding)
+
+    target_tree = jax.tree_util.tree_map_with_path(target, saved_tree)
+    try:
+      loaded = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target_tree)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._restore_error(step, e) from e
+    loaded = {_key(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(loaded['params'])[0]}
+    params = jax.tree_util.tree_map_with_path(lambda path, f: loaded.get(_key(path), f), fresh)
+    report = dict(restored=sorted(want.keys() & saved.keys()), fresh=sorted(want.keys() - saved.keys()),
+                  unused=sorted(saved.keys() - want.keys()))
+    return params, report
+
   def restore_latest(self, abstract_state, *, model_kind: str, fallback: bool):
     """(state, meta, step) of the newest intact step, or None when there is none.
 
@@ -384,13 +425,16 @@ class Checkpoints:
     return CorruptCheckpointError(step, path, f'could not be read ({type(e).__name__}: {reason})')
 
 
+def _key(path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))) for k in path)
+
+
 def _shapes(tree) -> dict:
   """{'a/b/0': 'float32(4, 8)'} of a tree of arrays, ShapeDtypeStructs or Orbax metadata."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   out = {}
   for path, leaf in leaves:
-    key = '/'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))) for k in path)
-    out[key] = f'{jax.numpy.dtype(leaf.dtype).name}{tuple(leaf.shape)}'
+    out[_key(path)] = f'{jax.numpy.dtype(leaf.dtype).name}{tuple(leaf.shape)}'
   return out
 
 
@@ -403,38 +447,28 @@ def finalized_steps(workdir: str) -> list[int]:
                 if n.isdigit() and os.path.exists(os.path.join(directory, n, COMMIT_FILE)))
 
 
-def cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  return config.data.cache_dir or os.path.join(workdir, 'data')
-
-
 def load_for_inference(workdir: str, step: Optional[int] = None):
-  """(config, model_cfg, params, tokenizer) of a trained run, on the default device."""
-  from llm_jax import config as config_lib
+  """(config, model kind, params, tokenizer) of a trained run, on the default device."""
+  from llm_jax import data as data_lib
   from llm_jax import workdir as workdir_lib
-  from llm_jax.data import load_tokenizer
-  from llm_jax.models import transformer
+  from llm_jax.train import trainer
 
   config = workdir_lib.load_config(workdir)
-  tokenizer = load_tokenizer(cache_dir(config, workdir))
-  model_cfg = config_lib.model_config(config, tokenizer.vocab_size)
-  model = transformer.build(config.model.kind, model_cfg)
+  tokenizer = data_lib.load_tokenizer(data_lib.cache_dir(config, workdir))
+  kind = trainer.make_kind(config, tokenizer.vocab_size)
   ckpts = Checkpoints(workdir, config.checkpoint, read_only=True)
   try:
     step = ckpts.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f'no finished checkpoint in {ckpts.directory} yet; train until the first save '
                             f'(checkpoint.every_steps={config.checkpoint.every_steps}) or wait for it.')
-    params = ckpts.restore_params(step, abstract_params(model, model_cfg))
+    params = ckpts.restore_params(step, placed(kind.abstract_params()))
   finally:
     ckpts.close()
-  return config, model_cfg, params, tokenizer
+  return config, kind, params, tokenizer
 
 
-def abstract_params(model, model_cfg, sharding=None):
-  """ShapeDtypeStructs of the model's (unboxed) params, placed on ``sharding`` (default device)."""
-  import flax.linen as nn
-  import jax.numpy as jnp
-  x = jnp.zeros((1, model_cfg.max_len), jnp.int32)
-  shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), x)['params'])
+def placed(abstract_params, sharding=None):
+  """``abstract_params`` (ShapeDtypeStructs) placed on ``sharding`` (default: the default device)."""
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract_params)

@@ -7,28 +7,39 @@ names the key and the fix.
 """
 
 import os
+import re
 
 import jax.numpy as jnp
 import ml_collections
 
 from llm_jax import parallel
+from llm_jax.data import tokenizers
 from llm_jax.errors import ConfigError  # raised by validate; callers catch it from here too
-from llm_jax.models import attention as attention_kernels
+from llm_jax.models import attention_kernels
 from llm_jax.models import axes
+from llm_jax.models import blocks
+from llm_jax.models import kinds
 from llm_jax.models import layers
-from llm_jax.models import transformer
+
+
+def tokenizer_names() -> tuple[str, ...]:
+  return tokenizers.names()
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0                      # seeds parameters, dropout and data order
   c.log_every_steps = 50          # train metrics to metrics.jsonl / TensorBoard
-  c.init_from = ''                # a workdir whose latest parameters start this run
+  c.init_from = ''                # parameters to start from: a run's workdir, or a Hugging Face model directory
+                                  # or Hub id ('bert-base-uncased'); parameters the model has and the source
+                                  # lacks (a new head) start fresh
   c.parallelism = 'jit'           # 'jit' (logical-axis sharding over the mesh) | 'pmap' (replicated, data parallel)
 
   c.model = ml_collections.ConfigDict()
   m = c.model
-  m.kind = 'decoder'              # model kind: 'decoder' (GPT-style causal LM)
+  m.kind = 'decoder'              # model kind: 'decoder' (GPT-style causal LM) | 'encoder' (BERT-style)
+  m.head = 'lm'                   # decoder: 'lm'; encoder: 'mlm' (masked LM) | 'classify' | 'none' (hidden states)
+  m.num_classes = 0               # head='classify': number of labels
   m.num_layers = 4                # transformer blocks L
   m.num_heads = 4                 # query heads N
   m.num_kv_heads = -1             # key/value heads K (-1: = num_heads; 1: multi-query)
@@ -40,12 +51,15 @@ def base_config() -> ml_collections.ConfigDict:
   m.attention_dropout_rate = 0.0  # dropout on attention probabilities ('xla' kernel only)
   m.pos_encoding = 'learned'      # 'learned' | 'sinusoidal' | 'rope' | 'none'
   m.rope_theta = 10000.0          # RoPE base
-  m.mlp_activation = 'gelu'       # 'relu' | 'gelu' | 'swiglu'
+  m.mlp_activation = 'gelu_tanh'  # 'relu' | 'gelu_tanh' (GPT-2's approximation) | 'gelu_exact' (BERT's erf) | 'swiglu'
   m.norm = 'layernorm'            # 'layernorm' | 'rmsnorm'
-  m.norm_placement = 'pre'        # 'pre' (GPT-2) | 'post' (original Transformer)
+  m.norm_placement = 'pre'        # 'pre' (GPT-2) | 'post' (original Transformer, BERT)
+  m.norm_eps = 1e-5               # epsilon of every norm (BERT: 1e-12)
+  m.embed_norm = False            # a norm right after the embeddings (BERT)
+  m.type_vocab_size = 0           # token-type (sentence A/B) embeddings (BERT: 2); 0: none
   m.use_bias = False              # biases in dense layers and LayerNorm
   m.tie_embeddings = True         # output projection = token embedding transposed
-  m.attention_kernel = 'auto'     # 'auto' (best for the platform; see llm_jax/models/attention.py) | 'xla' (reference)
+  m.attention_kernel = 'auto'     # 'auto' (best for the platform; see llm_jax/models/attention_kernels.py) | 'xla' (reference)
                                   # | 'blocked' (skips masked blocks) | 'cpu_fused' (C++, CPU) | 'dot_product'
                                   # | 'cudnn' (GPU) | 'splash' (TPU)
   m.attention_block = 64          # query/key tile of the 'blocked' kernel
@@ -59,7 +73,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   d = c.data
   d.dataset = 'embedded'          # 'embedded' | 'files' | a TFDS name ('tiny_shakespeare', 'lm1b', ...)
+  d.dataset_config = ''           # a dataset's named configuration (e.g. the Hugging Face config wikitext-103-raw-v1)
   d.text_key = 'text'             # TFDS feature holding the text
+  d.text_b_key = ''               # classification: the second sentence of a pair ('' = single sentences)
+  d.label_key = 'label'           # classification: the integer label
   d.train_split = 'train'
   d.eval_split = 'validation'     # '' = no evaluation
   d.files = ''                    # dataset='files': comma-separated globs, one document per file
@@ -67,8 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
   d.data_dir = ''                 # TFDS data_dir ('' = TFDS default)
   d.manual_dir = ''               # TFDS manual_dir for datasets that cannot download
   d.seq_len = 128                 # tokens per training row T
-  d.tokenizer = 'char'            # 'char' | 'byte' | 'sentencepiece'
-  d.vocab_size = 8000             # sentencepiece vocabulary size
+  d.tokenizer = 'char'            # 'char' | 'byte' | 'sentencepiece' | 'wordpiece' (trained here) | 'pretrained'
+  d.tokenizer_path = ''           # tokenizer='pretrained': a model directory (tokenizer.json or vocab.txt)
+  d.vocab_size = 8000             # sentencepiece / wordpiece vocabulary size
+  d.mlm_probability = 0.15        # masked LM: share of tokens chosen (80% [MASK], 10% random, 10% kept)
   d.sp_model_type = 'bpe'         # sentencepiece model: 'bpe' | 'unigram'
   d.max_documents = 0             # cap documents per split (0 = all)
   d.cache_dir = ''                # tokenizer + token cache ('' = WORKDIR/data)
@@ -131,6 +150,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+_HUB_ID = re.compile(r'[A-Za-z0-9][\w.-]*(/[\w.-]+)?')
 
 
 def _one_of(key, value, options):
@@ -155,13 +175,23 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             'checkpoint.every_steps', 'checkpoint.max_to_keep')
   if config.eval.every_steps < 0:
     raise ConfigError(f'config.eval.every_steps={config.eval.every_steps} must be >= 0 (0: only at the end).')
-  _one_of('model.kind', m.kind, transformer.MODELS)
+  _one_of('model.kind', m.kind, kinds.names())
+  heads = kinds.get(m.kind).heads
+  if m.head not in heads:
+    raise ConfigError(f'config.model.head={m.head!r} does not fit model.kind={m.kind!r}; choose one of '
+                      f'{", ".join(heads)}.')
+  if m.head == 'classify' and m.num_classes < 2:
+    raise ConfigError(f'config.model.num_classes={m.num_classes}: a classifier needs at least 2; set it to '
+                      'the number of labels of the task.')
+  if m.mlp_activation == 'gelu':
+    raise ConfigError("config.model.mlp_activation='gelu' is ambiguous: use 'gelu_tanh' (GPT-2's approximation, "
+                      "what 'gelu' meant before) or 'gelu_exact' (BERT's erf form).")
   _one_of('model.pos_encoding', m.pos_encoding, layers.positional_names())
   _one_of('model.mlp_activation', m.mlp_activation, layers.ACTIVATIONS)
   _one_of('model.norm', m.norm, layers.NORMS)
   _one_of('model.norm_placement', m.norm_placement, ('pre', 'post'))
   _one_of('model.dtype', m.dtype, DTYPES)
-  _one_of('model.remat', m.remat, transformer.REMAT_POLICIES)
+  _one_of('model.remat', m.remat, blocks.REMAT_POLICIES)
   names = remat_names(m)
   if m.remat == 'save_named' and (not names or not set(names) <= set(layers.CHECKPOINT_NAMES)):
     raise ConfigError(f'config.model.remat_names={m.remat_names!r} must name activations from '
@@ -193,7 +223,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     raise ConfigError(kernel_problem)
   if not 0 <= m.dropout_rate < 1 or not 0 <= m.attention_dropout_rate < 1:
     raise ConfigError('config.model.dropout_rate and attention_dropout_rate must be in [0, 1).')
-  _one_of('data.tokenizer', d.tokenizer, ('char', 'byte', 'sentencepiece'))
+  _one_of('data.tokenizer', d.tokenizer, tokenizer_names())
+  if d.tokenizer == 'pretrained' and not d.tokenizer_path:
+    raise ConfigError("config.data.tokenizer='pretrained' needs config.data.tokenizer_path: a model directory "
+                      'holding tokenizer.json or vocab.txt.')
+  if not 0 < d.mlm_probability < 1:
+    raise ConfigError(f'config.data.mlm_probability={d.mlm_probability} must be in (0, 1).')
   _one_of('train.micro_batch_mode', t.micro_batch_mode, ('scan', 'parallel'))
   if t.batch_size % t.micro_batches:
     raise ConfigError(f'config.train.batch_size={t.batch_size} is not divisible by '
@@ -213,8 +248,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _one_of('train.nonfinite', t.nonfinite, ('abort', 'skip'))
   _validate_memory(config, num_devices)
   _validate_checkpoint(config)
-  if config.init_from and not os.path.isdir(config.init_from):
-    raise ConfigError(f'config.init_from={config.init_from!r} is not a directory; give a run\'s workdir.')
+  if config.init_from and not os.path.isdir(config.init_from) and not _HUB_ID.fullmatch(config.init_from):
+    raise ConfigError(f'config.init_from={config.init_from!r} is neither a directory nor a Hugging Face Hub id; '
+                      'give a run\'s workdir, a model directory, or an id such as bert-base-uncased.')
 
 
 def _gib(n: float) -> str:
@@ -297,6 +333,12 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides
       mlp_activation=m.mlp_activation,
       norm=m.norm,
       norm_placement=m.norm_placement,
+      norm_eps=m.norm_eps,
+      embed_norm=m.embed_norm,
+      type_vocab_size=m.type_vocab_size,
+      head=m.head,
+      num_classes=m.num_classes,
+      causal=m.kind == 'decoder',
       use_bias=m.use_bias,
       tie_embeddings=m.tie_embeddings,
       attention_kernel=m.attention_kernel,

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llm_jax.models import transformer
+from llm_jax.models import kinds
 from llm_jax.models.layers import TransformerConfig
 
 _SAMPLING_ARGS = ('temperature', 'top_k', 'top_p')
@@ -89,6 +89,14 @@ def _eos(eos_id: Optional[int]) -> jax.Array:
   return jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32)
 
 
+def _decoding_module(kind: str, model_cfg: TransformerConfig):
+  """The kind's model in decode mode (a KV cache); ValueError for a kind that does not generate."""
+  built = kinds.build(kind, dataclasses.replace(model_cfg, decode=False))
+  if not hasattr(built, 'decode_module'):
+    raise ValueError(f'model.kind={kind!r} does not generate text; sample from a decoder.')
+  return built.decode_module()
+
+
 def _params(params):
   """The plain 'params' tree: unboxes nn.LogicallyPartitioned leaves; takes {'params': ...} too."""
   params = nn.meta.unbox(params)
@@ -103,7 +111,7 @@ def _generate_cached(model_cfg, kind, params, prompt, rng, eos_id, *, max_new_to
                      top_k, top_p):
   """prompt int32[B, P] -> int32[B, N]: one prefill, then N - 1 single-token steps."""
   sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-  model = transformer.build(kind, dataclasses.replace(model_cfg, decode=True))
+  model = _decoding_module(kind, model_cfg)
   b, p = prompt.shape
   cache = model.init(jax.random.PRNGKey(0), jnp.zeros((b, model_cfg.max_len), jnp.int32))['cache']
 
@@ -148,7 +156,7 @@ def generate(model_cfg: TransformerConfig, params, prompt, *, max_new_tokens: in
 @functools.partial(jax.jit, static_argnames=('model_cfg', 'kind') + _SAMPLING_ARGS)
 def _next_token_full(model_cfg, kind, params, buffer, length, key, done, eos_id, **sampling):
   """Full forward pass over buffer[B, L] of which the first ``length`` tokens are real."""
-  model = transformer.build(kind, dataclasses.replace(model_cfg, decode=False))
+  model = kinds.build(kind, dataclasses.replace(model_cfg, decode=False)).module
   positions = jnp.broadcast_to(jnp.arange(buffer.shape[1], dtype=jnp.int32), buffer.shape)
   segment_ids = (positions < length).astype(jnp.int32)
   logits = model.apply({'params': params}, buffer, positions, segment_ids, deterministic=True)

@@ -51,6 +51,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     (axes.KV, None),
     (axes.LAYERS, None),
     (axes.POSITION, None),
+    (axes.TOKEN_TYPE, None),
 )
 
 # Ready strategies: config.mesh overrides (-1 takes the devices left over). The sizes

@@ -97,7 +97,8 @@ def main(argv):
   if FLAGS.num_samples < 1:
     raise errors.ConfigError(f'--num_samples={FLAGS.num_samples} must be at least 1.')
   from llm_jax import checkpoint  # here, so importing sample_text needs no checkpoint stack
-  config, model_cfg, params, tokenizer = checkpoint.load_for_inference(FLAGS.workdir)
+  config, kind, params, tokenizer = checkpoint.load_for_inference(FLAGS.workdir)
+  model_cfg = kind.cfg
   settings = {name: config.sample[name] if FLAGS[name].value is None else FLAGS[name].value
               for name in _SETTINGS}
   room = model_cfg.max_len - max(1, len(tokenizer.encode(FLAGS.prompt)))

@@ -16,11 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llm_jax import bench
-from llm_jax import bench_decode
-from llm_jax import bench_sweep
+from llm_jax.bench import common as bench_common
+from llm_jax.bench import decode as bench_decode
+from llm_jax.bench import memory as bench_memory
+from llm_jax.bench import sweep as bench_sweep
+from llm_jax.bench import train as bench
 from llm_jax import config as config_lib
-from llm_jax.models import attention
+from llm_jax.models import attention_kernels
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {'model.num_layers': 2, 'model.emb_dim': 32, 'model.num_heads': 2, 'model.attention_block': 8,
@@ -52,13 +54,13 @@ def test_training_reports_every_figure_and_passes_the_reference():
 @pytest.fixture
 def leaky_kernel(monkeypatch):
   """Registers 'leaky': attention that forgets the mask (sees future tokens), a real bug."""
-  monkeypatch.setattr(attention, '_KERNELS', dict(attention._KERNELS))
-  xla = attention.get('xla')
+  monkeypatch.setattr(attention_kernels, '_KERNELS', dict(attention_kernels._KERNELS))
+  xla = attention_kernels.get('xla')
 
-  @attention.register('leaky', supports_dropout=True)
-  def leaky(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
+  @attention_kernels.register('leaky', supports_dropout=True)
+  def leaky(q, k, v, *, mask=None, bias=None, dropout=None, causal=False, block=0):
     del mask
-    return xla(q, k, v, mask=None, dropout=dropout, causal=causal, block=block)
+    return xla(q, k, v, mask=None, bias=bias, dropout=dropout, causal=causal, block=block)
   return 'leaky'
 
 
@@ -80,7 +82,7 @@ def test_reference_config_turns_every_fast_path_off():
   ref = bench.reference_config(tiny(**{'model.scan_layers': True, 'model.dtype': 'bfloat16',
                                        'model.dropout_rate': 0.1}))
   for key, value in bench.REFERENCE_SETTINGS.items():
-    assert bench.flatten(ref)[key] == value
+    assert bench_common.flatten(ref)[key] == value
   assert ref.model.dropout_rate == 0.0
   if 'loss_chunk_size' in ref.train:
     assert ref.train.loss_chunk_size == 0
@@ -129,7 +131,7 @@ def test_sweep_writes_a_row_per_config_and_records_refusals(tmp_path):
 
 
 def test_memory_mode_compares_one_device_with_fsdp():
-  result = bench_sweep.benchmark_memory(tiny(**{'train.batch_size': 8}), devices=8)
+  result = bench_memory.benchmark_memory(tiny(**{'train.batch_size': 8}), devices=8)
   assert result['single']['devices'] == 1 and result['sharded']['mesh'] == {'data': 1, 'fsdp': 8, 'tensor': 1}
   assert 0 < result['ratio'] < 1
   assert result['state_ratio'] <= 1.2 / 8  # parameters and Adam moments split 8 ways
@@ -229,7 +231,7 @@ def test_attention_timer_times_kernels_alone_and_checks_their_values(tmp_path):
 def timing_kernels(monkeypatch):
   """experiments/cpu_mfu_ab/kernels.py, registered for this test only."""
   import importlib
-  monkeypatch.setattr(attention, '_KERNELS', dict(attention._KERNELS))
+  monkeypatch.setattr(attention_kernels, '_KERNELS', dict(attention_kernels._KERNELS))
   monkeypatch.syspath_prepend(str(ROOT / 'experiments' / 'cpu_mfu_ab'))
   import kernels
   return importlib.reload(kernels)
@@ -242,26 +244,26 @@ def test_timing_kernels_chunks_equal_blocked_and_stand_ins_keep_shapes(timing_ke
   seg = jnp.asarray(np.repeat([[1] * 20 + [2] * 12], 4, axis=0))
   pos = jnp.asarray(np.repeat([list(range(20)) + list(range(12))], 4, axis=0))
   mask = layers.attention_mask(seg, seg, pos, pos, causal=True)
-  want = attention.xla_attention(q, k, v, mask=mask)
+  want = attention_kernels.xla_attention(q, k, v, mask=mask)
   for name in ('chunks2', 'chunks4'):
-    got = attention.get(name)(q, k, v, mask=mask, causal=True, block=8)
+    got = attention_kernels.get(name)(q, k, v, mask=mask, causal=True, block=8)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   for name in timing_kernels.WRONG_VALUES:
-    assert attention.get(name)(q, k, v, mask=mask, causal=True, block=8).shape == q.shape
+    assert attention_kernels.get(name)(q, k, v, mask=mask, causal=True, block=8).shape == q.shape
   with pytest.raises(ValueError, match='chunks8 needs a batch divisible by 8'):
-    attention.get('chunks8')(q, k, v, mask=mask, causal=True, block=8)
+    attention_kernels.get('chunks8')(q, k, v, mask=mask, causal=True, block=8)
 
 
 def test_compile_step_applies_compiler_options_to_that_compilation_alone(tmp_path):
   from llm_jax.train import loop
   config = tiny(**{'model.dropout_rate': 0.0})
-  dataset = bench.synthetic_dataset(config)
+  dataset = bench_common.synthetic_dataset(config)
   trainer = loop.build_trainer(config, str(tmp_path), dataset=dataset)
   with trainer.context():
     state = trainer.init()
     batch = trainer.device_batch(dataset.train_batch(0))
-    plain, _, _ = bench.compile_step(trainer, state, batch)
-    flat, _, _ = bench.compile_step(trainer, state, batch, {'xla_disable_hlo_passes': 'tree_reduction_rewriter'})
+    plain, _, _ = bench_common.compile_step(trainer, state, batch)
+    flat, _, _ = bench_common.compile_step(trainer, state, batch, {'xla_disable_hlo_passes': 'tree_reduction_rewriter'})
   # XLA:CPU rewrites the norms' reductions into reduce-windows unless that pass is off
   assert 'reduce-window' in plain.as_text() and 'reduce-window' not in flat.as_text()
 

@@ -16,7 +16,7 @@ import pytest
 
 from llm_jax import generate as gen
 from llm_jax import sample as sample_cli
-from llm_jax.models import transformer
+from llm_jax.models.decoder import DecoderLM
 from llm_jax.models.layers import TransformerConfig
 
 BASE = TransformerConfig(vocab_size=50, num_layers=2, num_heads=4, num_kv_heads=4, emb_dim=32,
@@ -35,7 +35,7 @@ def boxed_params(cfg: TransformerConfig):
 
   Drawn with NumPy from ``jax.eval_shape(model.init)``: compiling init costs seconds.
   """
-  model = transformer.build('decoder', cfg)
+  model = DecoderLM(cfg)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, cfg.max_len), jnp.int32))
   rs = np.random.RandomState(0)
   draw = lambda path, x: (np.ones(x.shape, np.float32) if path[-2].key == 'scale' else
@@ -46,7 +46,7 @@ def boxed_params(cfg: TransformerConfig):
 @functools.lru_cache(maxsize=None)
 def full_forward(cfg: TransformerConfig):
   """Jitted tokens[B,T] -> logits[B,T,V] of the plain (no cache) model."""
-  model = transformer.build('decoder', cfg)
+  model = DecoderLM(cfg)
   return jax.jit(lambda params, tokens: model.apply({'params': params}, tokens))
 
 
@@ -65,7 +65,7 @@ def greedy(cfg, prompt, n=N, fn=gen.generate, **kw):
 
 def prefill_logits(cfg: TransformerConfig, prompt):
   """Logits[B,T,V] of the decode model's prefill of prompt int32[2, T] into a fresh cache."""
-  model = transformer.build('decoder', dataclasses.replace(cfg, decode=True))
+  model = DecoderLM(dataclasses.replace(cfg, decode=True))
 
   @jax.jit
   def prefill(params, tokens):

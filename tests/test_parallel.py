@@ -23,7 +23,7 @@ import pytest
 from llm_jax import config as config_lib
 from llm_jax import parallel
 from llm_jax.models import axes
-from llm_jax.models import transformer
+from llm_jax.models import kinds
 
 GOLDEN = pathlib.Path(__file__).parent / 'golden' / 'partition_specs.json'
 REGENERATE = 'LLM_JAX_REGENERATE_GOLDEN=1 python -m pytest tests/test_parallel.py -k golden'
@@ -40,6 +40,11 @@ MODELS = {
         'model.num_layers': 2, 'model.emb_dim': 64, 'model.num_heads': 16, 'model.num_kv_heads': 8,
         'model.head_dim': 8, 'model.mlp_dim': 128, 'model.scan_layers': True, 'model.pos_encoding': 'rope',
         'data.seq_len': 32},
+    'encoder_classifier': {
+        'model.kind': 'encoder', 'model.head': 'classify', 'model.num_classes': 3, 'model.type_vocab_size': 2,
+        'model.embed_norm': True, 'model.norm_placement': 'post', 'model.use_bias': True,
+        'model.num_layers': 2, 'model.emb_dim': 64, 'model.num_heads': 8, 'model.mlp_dim': 128,
+        'data.seq_len': 32, 'data.tokenizer': 'byte'},
 }
 
 
@@ -48,9 +53,8 @@ def make_config(**overrides):
 
 
 def abstract_variables(config):
-  model = transformer.build(config.model.kind, config_lib.model_config(config, VOCAB))
-  x = jax.ShapeDtypeStruct((2, config.data.seq_len), jnp.int32)
-  return jax.eval_shape(model.init, jax.random.key(0), x)
+  kind = kinds.build(config.model.kind, config_lib.model_config(config, VOCAB))
+  return jax.eval_shape(kind.init, jax.random.key(0), kind.schema(2, config.data.seq_len))
 
 
 # ----------------------------------------------------------------------------- rules

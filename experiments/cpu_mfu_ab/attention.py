@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 from llm_jax import config as config_lib  # noqa: E402
 from llm_jax import perf  # noqa: E402
-from llm_jax.models import attention, layers  # noqa: E402
+from llm_jax.models import attention_kernels, layers  # noqa: E402
 
 import kernels  # noqa: E402
 
@@ -76,7 +76,7 @@ def operands(s: dict, seed: int = 0):
 
 def compiled(name: str, g, mask, block: int, args):
   """(forward, forward + backward), each compiled for these operands."""
-  kernel = attention.get(name)
+  kernel = attention_kernels.get(name)
   forward = lambda q, k, v: kernel(q, k, v, mask=mask, causal=True, block=block)
   both = jax.value_and_grad(lambda q, k, v: jnp.sum(forward(q, k, v) * g), argnums=(0, 1, 2))
   return jax.jit(forward).lower(*args).compile(), jax.jit(both).lower(*args).compile()
@@ -120,8 +120,8 @@ def main(argv):
   if not FLAGS.kernel:
     raise app.UsageError('give at least one --kernel=NAME (e.g. --kernel=blocked --kernel=chunks2)')
   for name in FLAGS.kernel:
-    if name not in attention.names():
-      raise app.UsageError(f'--kernel={name!r} is unknown; choose from {", ".join(attention.names())}.')
+    if name not in attention_kernels.names():
+      raise app.UsageError(f'--kernel={name!r} is unknown; choose from {", ".join(attention_kernels.names())}.')
   if len(set(FLAGS.kernel)) != len(FLAGS.kernel):
     raise app.UsageError(f'kernels repeat: {FLAGS.kernel}')
   try:

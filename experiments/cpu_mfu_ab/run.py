@@ -54,7 +54,7 @@ from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from llm_jax import bench  # noqa: E402
+from llm_jax.bench import common as bench  # noqa: E402
 from llm_jax import config as config_lib  # noqa: E402
 from llm_jax import perf  # noqa: E402
 

@@ -126,7 +126,7 @@ def train_shakespeare(spec: dict, manual_dir: str, out: pathlib.Path) -> dict:
 
 def run_part(name: str, spec: dict, out: pathlib.Path) -> dict:
   """One part in a fresh process: a row {'part', 'config', 'overrides', 'result' | 'error'}."""
-  from llm_jax import bench_sweep
+  from llm_jax.bench import sweep as bench_sweep
   if name != 'shakespeare_char':
     row = bench_sweep.run_entry(spec['config'], spec['overrides'], spec['flags'], timeout=FLAGS.timeout_s)
     return dict(part=name, **row)

@@ -1,7 +1,9 @@
-"""Random-token batches with the pipeline's contract, for benchmarks and step tests.
+"""Random batches of a model kind's schema, for benchmarks and step tests.
 
-Every row is one document (segment id 1, positions 0..T-1, all weights 1); batch
-``s`` is a pure function of (seed, s), like the real pipeline's.
+Every row is one document (segment id 1, positions 0..T-1, every position counted) and
+the tokens are uniform over the vocabulary (``ModelKind.synthetic_batch``); batch ``s``
+is a pure function of (seed, s), like the real pipeline's, and process p of P takes its
+rows of each global batch.
 """
 
 import dataclasses
@@ -19,9 +21,10 @@ class _VocabOnly:
 
 class SyntheticDataset:
 
-  def __init__(self, vocab_size: int, seq_len: int, global_batch: int, seed: int = 0,
-               process_index: int = 0, process_count: int = 1):
-    self.tokenizer = _VocabOnly(vocab_size)
+  def __init__(self, kind, seq_len: int, global_batch: int, seed: int = 0, process_index: int = 0,
+               process_count: int = 1):
+    self.kind = kind
+    self.tokenizer = _VocabOnly(kind.cfg.vocab_size)
     self.seq_len, self.global_batch, self.seed = seq_len, global_batch, seed
     self.local_batch = global_batch // process_count
     self.offset = process_index * self.local_batch
@@ -29,12 +32,8 @@ class SyntheticDataset:
 
   def train_batch(self, step: int) -> dict:
     rng = np.random.default_rng(np.random.SeedSequence([self.seed, step]))
-    rows = rng.integers(2, self.tokenizer.vocab_size, (self.global_batch, self.seq_len + 1), dtype=np.int32)
-    rows = rows[self.offset:self.offset + self.local_batch]
-    shape = (self.local_batch, self.seq_len)
-    return dict(inputs=rows[:, :-1], targets=rows[:, 1:], weights=np.ones(shape, np.float32),
-                positions=np.broadcast_to(np.arange(self.seq_len, dtype=np.int32), shape).copy(),
-                segment_ids=np.ones(shape, np.int32))
+    batch = self.kind.synthetic_batch(rng, self.global_batch, self.seq_len)
+    return {k: v[self.offset:self.offset + self.local_batch] for k, v in batch.items()}
 
   def eval_batches(self, max_batches: int = 0) -> Iterator[dict]:
     for i in range(max_batches or 2):

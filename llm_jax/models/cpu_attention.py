@@ -6,7 +6,7 @@ product rate. ``csrc/cpu_attention.cc`` does one (batch, kv head) at a time inst
 it transposes that head's k (v in the backward pass) once, reads the other operands in
 place, computes the scores, softmax and output in 4-row tiles that stop at the causal
 diagonal, keeps the probabilities for the backward pass (no recomputation), and spreads
-the heads over XLA's intra-op threads. Values equal ``attention.xla_attention`` to
+the heads over XLA's intra-op threads. Values equal ``attention_kernels.xla_attention`` to
 float32 rounding, fully masked rows included. Under ``jax.vmap`` it runs once per
 mapped element.
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from llm_jax.models import attention as attention_kernels
+from llm_jax.models import attention_kernels
 from llm_jax.models import axes
 
 CHECKPOINT_NAMES = ('qkv', 'attn_context', 'attn_out', 'mlp_hidden', 'mlp_out')
@@ -56,10 +56,14 @@ class TransformerConfig:
   attention_dropout_rate: float = 0.0
   pos_encoding: str = 'learned'   # 'learned' | 'sinusoidal' | 'rope' | 'none'
   rope_theta: float = 10000.0
-  mlp_activation: str = 'gelu'    # 'relu' | 'gelu' | 'swiglu'
+  mlp_activation: str = 'gelu_tanh'  # 'relu' | 'gelu_tanh' (GPT-2) | 'gelu_exact' (BERT) | 'swiglu'
   norm: str = 'layernorm'         # 'layernorm' | 'rmsnorm'
   norm_placement: str = 'pre'     # 'pre' | 'post'
   norm_eps: float = 1e-5
+  embed_norm: bool = False        # a norm right after the embeddings (BERT, BLOOM)
+  type_vocab_size: int = 0        # token-type (segment A/B) embeddings added to the input (BERT: 2); 0: none
+  head: str = 'lm'                # what sits on top of the stack: 'lm' (decoder) | 'mlm' | 'classify' | 'none'
+  num_classes: int = 0            # head='classify': labels
   use_bias: bool = False
   tie_embeddings: bool = True
   attention_kernel: str = 'xla'
@@ -102,6 +106,25 @@ def _out_std(cfg: TransformerConfig) -> float:
   return cfg.init_std / np.sqrt(2 * cfg.num_layers)
 
 
+class Dense(nn.Module):
+  """x[..., D_in] · kernel[D_in, features] (+ bias): a head's projection, float32 parameters
+  with the logical axes ``kernel_axes``, computed in cfg.dtype."""
+  cfg: 'TransformerConfig'
+  features: int
+  kernel_axes: tuple
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    w = param_with_axes(self, 'kernel', _normal(cfg.init_std), (x.shape[-1], self.features), self.kernel_axes)
+    y = dense(x.astype(cfg.dtype), w.astype(cfg.dtype))
+    if self.use_bias:
+      y = y + param_with_axes(self, 'bias', nn.initializers.zeros, (self.features,),
+                              (self.kernel_axes[1],)).astype(cfg.dtype)
+    return y
+
+
 # ----------------------------------------------------------------------------- embeddings
 
 class Embed(nn.Module):
@@ -123,6 +146,34 @@ class Embed(nn.Module):
   def projection(self):
     """The tied output projection [D, V], float32 (what ``attend`` multiplies by)."""
     return self.embedding.T
+
+
+def embed_inputs(cfg: 'TransformerConfig', inputs, positions, token_types, deterministic: bool):
+  """(x [B, T, D], the token Embed): token embedding + additive positions + token types,
+  then ``embed_norm`` and dropout. Call it inside a compact module: its submodules
+  ('token_embed', 'position_embed', 'type_embed', 'embed_norm') belong to the caller."""
+  embed = Embed(cfg, name='token_embed')
+  x = embed(inputs)
+  add_positions, _ = positional(cfg.pos_encoding)
+  if add_positions is not None:
+    x = add_positions(cfg, name='position_embed')(x, positions)
+  if cfg.type_vocab_size:
+    table = TokenTypes(cfg, name='type_embed')
+    x = x + table(jnp.zeros_like(inputs) if token_types is None else token_types)
+  if cfg.embed_norm:
+    x = NORMS[cfg.norm](cfg, name='embed_norm')(x)
+  return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic), embed
+
+
+class TokenTypes(nn.Module):
+  """A table [type_vocab_size, D] of token-type embeddings (BERT's segment A / B)."""
+  cfg: 'TransformerConfig'
+
+  @nn.compact
+  def __call__(self, token_types):
+    table = param_with_axes(self, 'embedding', _normal(self.cfg.init_std),
+                            (self.cfg.type_vocab_size, self.cfg.emb_dim), (axes.TOKEN_TYPE, axes.EMBED))
+    return jnp.take(table, token_types, axis=0).astype(self.cfg.dtype)
 
 
 # ----------------------------------------------------------------------------- positions
@@ -251,7 +302,10 @@ NORMS = {'layernorm': LayerNorm, 'rmsnorm': RMSNorm}
 
 # ----------------------------------------------------------------------------- feed-forward
 
-ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': jax.nn.gelu, 'swiglu': jax.nn.silu}
+# 'gelu_tanh' is GPT-2's tanh approximation, 'gelu_exact' the erf form of BERT (and of
+# torch.nn.GELU()); they differ by up to about 1e-3, enough to matter against a reference.
+ACTIVATIONS = {'relu': jax.nn.relu, 'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),
+               'gelu_exact': lambda x: jax.nn.gelu(x, approximate=False), 'swiglu': jax.nn.silu}
 
 
 def _up_act_down(act):
@@ -288,8 +342,9 @@ _FUSED_MLP = {name: _up_act_down(act) for name, act in ACTIVATIONS.items() if na
 class Mlp(nn.Module):
   """ReLU/GELU: act(x W1 + b1) W2 + b2.  SwiGLU: (silu(x Wg) * x W1) W2 (Shazeer 2020).
 
-  GELU is the tanh approximation (GPT-2's). Dropout is applied by the block to the
-  output, not to the hidden layer (as GPT-2 and nanoGPT).
+  GELU comes as 'gelu_tanh' (GPT-2's approximation) and 'gelu_exact' (BERT's erf).
+  Dropout is applied by the block to the output, not to the hidden layer (as GPT-2,
+  nanoGPT and BERT).
   """
   cfg: TransformerConfig
 
@@ -337,20 +392,32 @@ def attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, cau
 
 
 class Attention(nn.Module):
-  """Multi-head attention with grouped-query heads, segment masks and a KV cache.
+  """Multi-head attention from ``inputs_q`` [B, T, D] to ``inputs_kv`` [B, S, D], grouped-query heads.
 
-  In decode mode the 'cache' collection holds key/value [B, max_len, K, H], their
-  segment ids and positions, and the write index; each call appends T new tokens
-  (a prompt prefill or a single step) and attends to everything written so far.
+  The caller decides what attends to what. ``inputs_kv=None`` is self-attention: a
+  rotary encoding (``pos_encoding='rope'``) rotates queries and keys by ``positions``,
+  and in decode mode (``cfg.decode``) the keys and values are appended to the KV cache
+  and attended to with the cache's segment ids and positions. Given ``inputs_kv``, it
+  is cross-attention: no rotation, no cache.
+
+  ``mask`` is bool [B, 1, T, S] (True = may attend), built once per stack with
+  ``attention_mask`` (None in decode mode: the cache builds it); ``bias`` an optional
+  additive float array broadcastable to [B, N, T, S], computed once per stack (ALiBi,
+  T5's buckets). ``causal`` says the mask hides every later key, so a kernel may skip
+  those blocks (self-attention of a decoder).
   """
   cfg: TransformerConfig
+  causal: bool = False
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids, deterministic: bool):
+  def __call__(self, inputs_q, inputs_kv=None, *, positions=None, segment_ids=None, mask=None, bias=None,
+               deterministic: bool = True):
     cfg = self.cfg
     d, n, k, h = cfg.emb_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self_attention = inputs_kv is None
+    kv_inputs = inputs_q if self_attention else inputs_kv
 
-    def proj(name, heads, head_axis):
+    def proj(name, x, heads, head_axis):
       w = param_with_axes(self, name, _normal(cfg.init_std), (d, heads, h),
                           (axes.EMBED, head_axis, axes.KV)).astype(cfg.dtype)
       y = dense(x, w)
@@ -359,27 +426,26 @@ class Attention(nn.Module):
                                 (head_axis, axes.KV)).astype(cfg.dtype)
       return y
 
-    q = proj('query', n, axes.HEADS)
-    key = proj('key', k, axes.KV_HEADS)
-    value = proj('value', k, axes.KV_HEADS)
+    q = proj('query', inputs_q, n, axes.HEADS)
+    key = proj('key', kv_inputs, k, axes.KV_HEADS)
+    value = proj('value', kv_inputs, k, axes.KV_HEADS)
     _, rotate = positional(cfg.pos_encoding)
-    if rotate is not None:
+    if rotate is not None and self_attention:
       q = rotate(q, positions, cfg.rope_theta)
       key = rotate(key, positions, cfg.rope_theta)
     q, key, value = (checkpoint_name(y, 'qkv') for y in (q, key, value))
     q = nn.with_logical_constraint(q, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_HEADS, axes.ACT_KV))
 
-    kv_segment_ids, kv_positions = segment_ids, positions
-    if cfg.decode:
-      key, value, kv_segment_ids, kv_positions = self._update_cache(
-          key, value, segment_ids, positions)
-    mask = attention_mask(segment_ids, kv_segment_ids, positions, kv_positions, cfg.causal)
+    decoding = cfg.decode and self_attention
+    if decoding:
+      key, value, kv_segment_ids, kv_positions = self._update_cache(key, value, segment_ids, positions)
+      mask = attention_mask(segment_ids, kv_segment_ids, positions, kv_positions, self.causal)
 
     dropout = None
     if cfg.attention_dropout_rate > 0 and not deterministic:
       dropout = lambda p: nn.Dropout(cfg.attention_dropout_rate)(p, deterministic=False)
     kernel = attention_kernels.get(cfg.attention_kernel)
-    out = kernel(q, key, value, mask=mask, dropout=dropout, causal=cfg.causal and not cfg.decode,
+    out = kernel(q, key, value, mask=mask, bias=bias, dropout=dropout, causal=self.causal and not decoding,
                  block=cfg.attention_block)
     out = checkpoint_name(out, 'attn_context')
 

@@ -6,125 +6,26 @@ from ``config.init_from``'s parameters or from scratch. Batches are a pure funct
 never stopped.
 """
 
-import contextlib
-import dataclasses
-import functools
 import os
 import time
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from tqdm import auto as tqdm
 
 from llm_jax import checkpoint as ckpt_lib
 from llm_jax import config as config_lib
 from llm_jax import data as data_lib
-from llm_jax import parallel
 from llm_jax import perf
 from llm_jax import preemption
 from llm_jax import workdir as workdir_lib
-from llm_jax.models import transformer
 from llm_jax.train import guard
+from llm_jax.train import init_from
 from llm_jax.train import metrics as metrics_lib
-from llm_jax.train import objectives
-from llm_jax.train import optim
-from llm_jax.train import step as step_lib
 from llm_jax.train import summary as summary_lib
-
-
-@dataclasses.dataclass
-class Trainer:
-  """Everything compiled and placed for one config: what the loop, bench and tests share."""
-  config: ml_collections.ConfigDict
-  dataset: Any
-  model_cfg: Any
-  model: nn.Module
-  mesh: jax.sharding.Mesh
-  rules: Any
-  state_shardings: Any
-  batch_sharding: Any
-  abstract_state: Any
-  abstract_variables: Any
-  init: Any          # jitted () -> state
-  train_step: Any    # jitted (state, batch) -> (state, metrics)
-  eval_step: Any     # jitted (params, batch) -> sums
-  lr_schedule: Any
-  flops_per_token: float
-
-  def context(self):
-    stack = contextlib.ExitStack()
-    stack.enter_context(jax.set_mesh(self.mesh))
-    stack.enter_context(nn.logical_axis_rules(self.rules))
-    return stack
-
-  def device_batch(self, batch: dict) -> dict:
-    return parallel.put_batch(batch, self.batch_sharding)
-
-  def evaluate(self, params) -> dict:
-    sums = None
-    for batch in self.dataset.eval_batches(self.config.eval.max_batches):
-      out = self.eval_step(params, self.device_batch(batch))
-      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
-    loss = float(sums['nll_sum'] / max(sums['weight_sum'], 1.0))
-    return dict(eval_loss=loss, eval_perplexity=float(np.exp(min(loss, 50.0))))
-
-
-def build_trainer(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> Trainer:
-  """Validates the config, loads the data (unless given) and compiles nothing yet (jit is lazy)."""
-  config_lib.validate(config, num_devices=jax.device_count())
-  if dataset is None:
-    dataset = data_lib.load(config.data, global_batch=config.train.batch_size, seed=config.seed,
-                            cache_dir=ckpt_lib.cache_dir(config, workdir),
-                            process_index=jax.process_index(), process_count=jax.process_count())
-  model_cfg = config_lib.model_config(config, dataset.tokenizer.vocab_size)
-  model = transformer.build(config.model.kind, model_cfg)
-  from llm_jax.train import pmap_step  # it subclasses Trainer, so it imports this module
-  pmap = config.parallelism == 'pmap'
-  mesh = pmap_step.make_mesh() if pmap else parallel.make_mesh(config.mesh)
-  rules = parallel.rules_from_config(config.mesh.rules)
-  optimizer, lr_schedule = optim.make(config.train)
-  b, t = config.train.batch_size, config.data.seq_len
-  example = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == 'weights' else jnp.int32)
-             for k in ('inputs', 'targets', 'weights', 'positions', 'segment_ids')}
-  init_fn = functools.partial(step_lib.init_state, model, optimizer, config.seed)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract_variables = jax.eval_shape(model.init, jax.random.key(0), example['inputs'],
-                                        example['positions'], example['segment_ids'])
-    abstract_state = jax.eval_shape(init_fn, example)
-    shardings = (parallel.replicated(abstract_state, mesh) if pmap else
-                 parallel.state_shardings(abstract_variables, optimizer, abstract_state, mesh, rules))
-  batch_sharding = parallel.batch_sharding(mesh, rules)
-  zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}
-  init = jax.jit(lambda: init_fn(zeros), out_shardings=shardings)
-  objective = objectives.OBJECTIVE_OF_KIND[config.model.kind]
-  train_fn = guard.wrap(
-      step_lib.make_train_step(model, optimizer, lr_schedule, objective=objective,
-                               z_loss=config.train.z_loss, micro_batches=config.train.micro_batches,
-                               micro_batch_mode=config.train.micro_batch_mode,
-                               loss_chunk_size=config.train.loss_chunk_size,
-                               dropout=model_cfg.dropout_rate > 0 or model_cfg.attention_dropout_rate > 0,
-                               axis_name=pmap_step.AXIS if pmap else None),
-      config.train.nonfinite)
-  eval_fn = step_lib.make_eval_step(model, objective=objective, loss_chunk_size=config.train.loss_chunk_size)
-  if pmap:
-    train_step, eval_step = pmap_step.compile_steps(train_fn, eval_fn, shardings)
-  else:
-    train_step = jax.jit(train_fn, in_shardings=(shardings, batch_sharding),
-                         out_shardings=(shardings, None), donate_argnums=0)
-    eval_step = jax.jit(eval_fn, in_shardings=(shardings.params, batch_sharding))
-  n_matmul = transformer.matmul_params(abstract_state.params, model_cfg)
-  trainer_cls = pmap_step.PmapTrainer if pmap else Trainer
-  return trainer_cls(config, dataset, model_cfg, model, mesh, rules, shardings, batch_sharding,
-                     jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                  abstract_state, shardings),
-                     abstract_variables, init, train_step, eval_step, lr_schedule,
-                     transformer.flops_per_token(n_matmul, model_cfg, t))
+from llm_jax.train.trainer import Trainer, build_trainer
 
 
 def _initial_state(trainer: Trainer, ckpts: ckpt_lib.Checkpoints) -> tuple[Any, int, int]:
@@ -143,17 +44,7 @@ def _initial_state(trainer: Trainer, ckpts: ckpt_lib.Checkpoints) -> tuple[Any, 
     return state, int(meta['data_position']), int(meta.get('skipped_steps', 0))
   state = trainer.init()
   if config.init_from:
-    other = ckpt_lib.Checkpoints(config.init_from, config.checkpoint, read_only=True)
-    try:
-      step = other.latest_step()
-      if step is None:
-        raise config_lib.ConfigError(f'config.init_from={config.init_from!r} holds no finished checkpoint; '
-                                     'give the workdir of a run that has saved one.')
-      params = other.restore_params(step, trainer.abstract_state.params)
-    finally:
-      other.close()
-    state = state.replace(params=params)
-    print(f'[llm_jax] initialized parameters from {config.init_from} step {step}', flush=True)
+    state = state.replace(params=init_from.load(config.init_from, trainer, state.params))
   return state, 0, 0
 
 
@@ -282,8 +173,6 @@ def _run(trainer: Trainer, state, first: int, last: int, ckpts: ckpt_lib.Checkpo
       record = {}
       if log:
         record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        record.pop('target_tokens')
-        record['perplexity'] = float(np.exp(min(record['train_loss'], 50.0)))
         if config.train.nonfinite == 'skip':
           record['skipped_steps'] = nonfinite.skipped
         if step > timer_step:

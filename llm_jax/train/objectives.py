@@ -206,4 +206,53 @@ def causal_lm_chunked(outputs, batch, z_loss: float = 0.0, *, chunk_size: int):
   return dict(loss_sum=loss_sum, nll_sum=nll_sum, weight_sum=weight_sum)
 
 
-OBJECTIVE_OF_KIND = {'decoder': 'causal_lm'}
+
+
+# ----------------------------------------------------------------------------- encoder objectives
+
+def masked_lm(logits, batch, z_loss: float = 0.0):
+  """Cross-entropy at the chosen positions: logits [B, P, V] against mlm_targets [B, P],
+  weighted by mlm_weights (0 where a row has fewer than P chosen positions). Adds
+  correct_sum, the weighted count of positions whose argmax is the target."""
+  targets, weights = batch['mlm_targets'], batch['mlm_weights']
+  loss_sum, nll_sum, weight_sum = token_cross_entropy(logits, targets, weights, z_loss)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return dict(loss_sum=loss_sum, nll_sum=nll_sum, weight_sum=weight_sum, correct_sum=jnp.sum(correct * weights))
+
+
+def masked_lm_metrics(sums, prefix: str) -> dict:
+  n = jnp.maximum(sums['weight_sum'], 1.0)
+  loss = sums['nll_sum'] / n
+  return {f'{prefix}loss': loss, f'{prefix}mlm_accuracy': sums['correct_sum'] / n,
+          f'{prefix}perplexity': jnp.exp(jnp.minimum(loss, 50.0))}
+
+
+def classification(logits, batch, z_loss: float = 0.0, *, num_classes: int):
+  """Cross-entropy of logits [B, C] against labels [B], weighted by example_weights (0 for
+  the rows that pad an eval batch). Adds the confusion matrix counts [C, C] (row: label,
+  column: prediction) for accuracy, F1 and Matthews correlation."""
+  labels, weights = batch['labels'], batch['example_weights']
+  loss_sum, nll_sum, weight_sum = token_cross_entropy(logits, labels, weights, z_loss)
+  predicted = jnp.argmax(logits, axis=-1)
+  confusion = jnp.zeros((num_classes, num_classes), jnp.float32).at[labels, predicted].add(
+      weights.astype(jnp.float32))
+  return dict(loss_sum=loss_sum, nll_sum=nll_sum, weight_sum=weight_sum, confusion=confusion)
+
+
+def classification_metrics(sums, prefix: str, full: bool = False) -> dict:
+  """loss and accuracy; with ``full`` also Matthews correlation (any number of classes,
+  Gorodkin's R_K) and, for two classes, F1 of class 1 (GLUE's positive class)."""
+  c = sums['confusion']
+  n = jnp.maximum(sums['weight_sum'], 1.0)
+  out = {f'{prefix}loss': sums['nll_sum'] / n, f'{prefix}accuracy': jnp.trace(c) / n}
+  if not full:
+    return out
+  truth, predicted, correct = c.sum(axis=1), c.sum(axis=0), jnp.trace(c)
+  total = c.sum()
+  denominator = jnp.sqrt((total ** 2 - jnp.sum(predicted ** 2)) * (total ** 2 - jnp.sum(truth ** 2)))
+  out[f'{prefix}mcc'] = jnp.where(denominator > 0, (correct * total - jnp.sum(predicted * truth)) /
+                                  jnp.where(denominator > 0, denominator, 1.0), 0.0)
+  if c.shape[0] == 2:
+    tp, fp, fn = c[1, 1], c[0, 1], c[1, 0]
+    out[f'{prefix}f1'] = jnp.where(tp > 0, 2 * tp / jnp.maximum(2 * tp + fp + fn, 1.0), 0.0)
+  return out

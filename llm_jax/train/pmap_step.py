@@ -11,14 +11,11 @@ leading device axis, so checkpoints, evaluation and sampling see the same state 
 the jit path, and a run saved under one path resumes under the other.
 """
 
-import contextlib
-
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from llm_jax import parallel
-from llm_jax.train import loop
 
 AXIS = 'batch'
 
@@ -50,15 +47,9 @@ def _as_global(tree, shardings):
       if x.is_fully_addressable else x, tree, shardings)
 
 
-class PmapTrainer(loop.Trainer):
-  """A Trainer whose steps are pmapped; batches go to local devices with a leading device axis."""
-
-  def context(self):
-    # No mesh or rules: inside pmap every device runs the whole model on its rows.
-    return contextlib.ExitStack()
-
-  def device_batch(self, batch: dict) -> dict:
-    devices = jax.local_devices()
-    sharding = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
-    return {k: jax.device_put(np.asarray(v).reshape(len(devices), -1, *np.shape(v)[1:]), sharding)
-            for k, v in batch.items()}
+def device_batch(batch: dict) -> dict:
+  """This process's rows on its local devices, with a leading device axis (pmap's in_axes=0)."""
+  devices = jax.local_devices()
+  sharding = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
+  return {k: jax.device_put(np.asarray(v).reshape(len(devices), -1, *np.shape(v)[1:]), sharding)
+          for k, v in batch.items()}

@@ -1,8 +1,9 @@
 """Pure train and eval steps: ``(state, batch) -> (state, metrics)``.
 
-A batch is a dict of [B, T] arrays: 'inputs', 'targets' (int32), 'weights' (float32),
-'positions', 'segment_ids' (int32). The steps are compiled by the loop with
-``jax.jit`` (state donated) under the mesh's logical-axis rules.
+A batch is what the model kind's schema says (``models.kinds``); the kind's ``loss``
+applies the model and returns sums, its ``metrics`` turns sums into figures. The steps
+are compiled by the trainer with ``jax.jit`` (state donated) under the mesh's
+logical-axis rules.
 """
 
 import functools
@@ -14,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from llm_jax.train import objectives
 
 
 @flax.struct.dataclass
@@ -25,23 +25,12 @@ class TrainState:
   rng: jax.Array           # uint32 key data; dropout key of step s = fold_in(rng, s)
 
 
-def init_state(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
-               example_batch) -> TrainState:
+def init_state(kind, optimizer: optax.GradientTransformation, seed: int, example_batch) -> TrainState:
   """Fresh parameters and optimizer state, unboxed (``parallel`` derives their shardings)."""
   params_key, dropout_key = jax.random.split(jax.random.key(seed))
-  variables = model.init(params_key, example_batch['inputs'], example_batch['positions'],
-                         example_batch['segment_ids'])
-  params = nn.meta.unbox(variables['params'])
+  params = nn.meta.unbox(kind.init(params_key, example_batch)['params'])
   return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params),
                     rng=jax.random.key_data(dropout_key))
-
-
-def _forward(model, params, batch, dropout_key, objective, z_loss, chunked: bool):
-  """The objective's sums; a ``chunked`` objective takes (hidden, w) in place of logits."""
-  outputs = model.apply({'params': params}, batch['inputs'], batch['positions'], batch['segment_ids'],
-                        deterministic=dropout_key is None, return_hidden=chunked,
-                        rngs=None if dropout_key is None else {'dropout': dropout_key})
-  return objective(outputs, batch, z_loss)
 
 
 def _scan_accumulate(grads_of, params, split, base, micro_batches, dropout):
@@ -56,8 +45,8 @@ def _scan_accumulate(grads_of, params, split, base, micro_batches, dropout):
   return grads, out
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, lr_schedule: Callable,
-                    *, objective: str, z_loss: float, micro_batches: int, dropout: bool,
+def make_train_step(kind, optimizer: optax.GradientTransformation, lr_schedule: Callable,
+                    *, z_loss: float, micro_batches: int, dropout: bool,
                     axis_name: str | None = None, micro_batch_mode: str = 'scan', loss_chunk_size: int = 0):
   """Returns train_step(state, batch) -> (state, metrics).
 
@@ -73,15 +62,12 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
   and loss sums are all-reduced over that axis before the division (the token-weighted
   ``pmean`` of per-device gradients), so the update is the jit path's on the whole batch.
 
-  With ``loss_chunk_size`` N > 0 the model returns its final hidden states and output
-  projection and the objective's chunked form takes the loss N positions at a time
-  (``objectives``): no [B, T, V] logits, same update up to float rounding.
+  With ``loss_chunk_size`` N > 0 a language model's loss forms the logits N positions
+  at a time (``objectives``): no [B, T, V] logits, same update up to float rounding.
   """
-  objective_fn = objectives.get(objective, chunk_size=loss_chunk_size)
-
   def grads_of(params, batch, key):
     def loss_fn(p):
-      out = _forward(model, p, batch, key, objective_fn, z_loss, loss_chunk_size > 0)
+      out = kind.loss(p, batch, dropout_key=key, z_loss=z_loss, chunk_size=loss_chunk_size)
       return out['loss_sum'], out
     return jax.grad(loss_fn, has_aux=True)(params)
 
@@ -106,22 +92,18 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(train_loss=out['nll_sum'] / denom,
-                   grad_norm=optax.tree.norm(grads),
-                   learning_rate=lr_schedule(state.step),
-                   target_tokens=out['weight_sum'])
+    metrics = dict(kind.metrics(out, 'train_'), grad_norm=optax.tree.norm(grads),
+                   learning_rate=lr_schedule(state.step))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
 
 
-def make_eval_step(model: nn.Module, *, objective: str, loss_chunk_size: int = 0):
-  """Returns eval_step(params, batch) -> dict(nll_sum, weight_sum) (sums, for exact means);
-  ``loss_chunk_size`` as in ``make_train_step``."""
-  objective_fn = objectives.get(objective, chunk_size=loss_chunk_size)
-
+def make_eval_step(kind, *, loss_chunk_size: int = 0):
+  """Returns eval_step(params, batch) -> the kind's sums (added over batches, then
+  ``kind.metrics(sums, 'eval_')``); ``loss_chunk_size`` as in ``make_train_step``."""
   def eval_step(params, batch):
-    out = _forward(model, params, batch, None, objective_fn, 0.0, loss_chunk_size > 0)
-    return dict(nll_sum=out['nll_sum'], weight_sum=out['weight_sum'])
+    out = kind.loss(params, batch, chunk_size=loss_chunk_size)
+    return {k: v for k, v in out.items() if k != 'loss_sum'}
 
   return eval_step

@@ -6,7 +6,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from llm_jax.models import attention as attention_kernels
+from llm_jax.models import attention_kernels
 
 
 def _count(n: float) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from llm_jax import config as config_lib
-from llm_jax.models import attention, layers
+from llm_jax.models import attention_kernels, layers
 from llm_jax.models.layers import TransformerConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ on_cpu = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the choices 
 @pytest.fixture
 def pre_hopper_gpu(monkeypatch):
   """cuDNN's head-dim limit as on a GPU before Hopper (128), whatever this machine has."""
-  monkeypatch.setattr(attention, '_cudnn_max_head_dim', lambda platform: 128)
+  monkeypatch.setattr(attention_kernels, '_cudnn_max_head_dim', lambda platform: 128)
 
 
 def packed_rows(t):
@@ -64,7 +64,7 @@ def check_against_numpy_and_xla(kernel, q, k, v, mask, valid, **kwargs):
   np.testing.assert_allclose(np.asarray(got)[valid], np_reference(q, k, v, mask)[valid], atol=2e-5, rtol=1e-5)
   cotangent = jnp.asarray(RNG.normal(size=q.shape).astype(np.float32)) * jnp.asarray(valid)[:, :, None, None]
   grads = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2)))(*args)
-  for g, w in zip(grads(run(kernel, **kwargs)), grads(run(attention.get('xla')))):
+  for g, w in zip(grads(run(kernel, **kwargs)), grads(run(attention_kernels.get('xla')))):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, rtol=1e-4)
 
 
@@ -74,7 +74,7 @@ def check_against_numpy_and_xla(kernel, q, k, v, mask, valid, **kwargs):
     ('auto', 4, 1, 14)])
 def test_cpu_kernels_match_numpy_and_xla_gradients(name, n, k, t):
   q, kk, v, mask, valid = operands(t, n, k)
-  check_against_numpy_and_xla(attention.get(name), q, kk, v, mask, valid, block=4)
+  check_against_numpy_and_xla(attention_kernels.get(name), q, kk, v, mask, valid, block=4)
 
 
 @on_cpu
@@ -82,7 +82,7 @@ def test_cpu_kernels_match_numpy_and_xla_gradients(name, n, k, t):
 def test_splash_kernel_in_interpret_mode_matches_numpy_and_xla_gradients(n, k):
   """The installed Pallas splash kernel, run by Pallas's interpreter: layout, scale, GQA, segment ids."""
   q, kk, v, mask, valid = operands(128, n, k, h=16)
-  check_against_numpy_and_xla(attention.splash_attention, q, kk, v, mask, valid, interpret=True)
+  check_against_numpy_and_xla(attention_kernels.splash_attention, q, kk, v, mask, valid, interpret=True)
 
 
 def test_segment_ids_from_mask_give_back_the_mask():
@@ -90,7 +90,7 @@ def test_segment_ids_from_mask_give_back_the_mask():
                   [4, 4, 4, 4, 4, 4, 4, 4, 4, 4]], np.int32)
   pos = np.array([[0, 1, 2, 0, 1, 3, 4, 0, 0, 0], list(range(10))], np.int32)
   mask = np.asarray(layers.attention_mask(seg, seg, pos, pos, causal=True))[:, 0]
-  ids = np.asarray(attention.segment_ids_from_mask(jnp.asarray(mask[:, None])))
+  ids = np.asarray(attention_kernels.segment_ids_from_mask(jnp.asarray(mask[:, None])))
   splash_rule = (ids[:, :, None] == ids[:, None, :]) & np.tril(np.ones((10, 10), bool))
   real = seg != 0
   np.testing.assert_array_equal(splash_rule[real], mask[real])
@@ -104,9 +104,9 @@ def test_segment_ids_from_mask_give_back_the_mask():
     (8, ['attention_kernel=auto on cpu: causal, T=16 a multiple of attention_block=4, using blocked',
          'attention_kernel=auto on cpu: T=14 is not a multiple of attention_block=4, using xla'])])
 def test_auto_on_cpu_picks_fused_blocked_or_xla_and_logs_each_choice_once(monkeypatch, caplog, devices, expected):
-  monkeypatch.setattr(attention, '_LOGGED', set())
-  monkeypatch.setattr(attention, '_device_count', lambda: devices)
-  auto = attention.get('auto')
+  monkeypatch.setattr(attention_kernels, '_LOGGED', set())
+  monkeypatch.setattr(attention_kernels, '_device_count', lambda: devices)
+  auto = attention_kernels.get('auto')
   q, kk, v, mask, _ = operands(16, 4, 2)
   with caplog.at_level(logging.INFO, logger='absl'):
     for _ in range(2):
@@ -120,7 +120,7 @@ def test_auto_on_cpu_picks_fused_blocked_or_xla_and_logs_each_choice_once(monkey
 def _choose(platform, t=128, s=None, h=64, dtype=jnp.bfloat16, causal=True, dropout=None, block=64, devices=8):
   q = jax.ShapeDtypeStruct((2, t, 4, h), dtype)
   k = jax.ShapeDtypeStruct((2, s or t, 2, h), dtype)
-  return attention.choose(q, k, mask=object(), dropout=dropout, causal=causal, block=block, platform=platform,
+  return attention_kernels.choose(q, k, mask=object(), dropout=dropout, causal=causal, block=block, platform=platform,
                           devices=devices)
 
 
@@ -183,8 +183,8 @@ def test_config_accepts_auto(dropout):
     (128, jnp.float16, 128, False)])
 def test_cudnn_requirements_on_a_gpu(monkeypatch, head_dim, dtype, limit, refused):
   """The GPU-side rules, decided without a GPU: the head-dim limit is 128 before Hopper, 256 from it on."""
-  monkeypatch.setattr(attention, '_cudnn_max_head_dim', lambda platform: limit)
-  message = attention.unsupported('cudnn', dtype=dtype, head_dim=head_dim, seq_len=128, platform='gpu')
+  monkeypatch.setattr(attention_kernels, '_cudnn_max_head_dim', lambda platform: limit)
+  message = attention_kernels.unsupported('cudnn', dtype=dtype, head_dim=head_dim, seq_len=128, platform='gpu')
   if not refused:
     assert message is None
   else:
@@ -197,11 +197,11 @@ def test_get_and_the_kernels_refuse_to_run_off_their_platform():
   q = jnp.zeros((1, 128, 2, 16), jnp.bfloat16)
   for name, platform in (('cudnn', 'gpu'), ('splash', 'tpu')):
     with pytest.raises(ValueError, match=f"'{name}' runs on {platform}, not on cpu; it needs a "):
-      attention.get(name)
+      attention_kernels.get(name)
   with pytest.raises(ValueError, match="'splash' runs on tpu, not on cpu"):
-    attention.splash_attention(q, q, q, causal=True)
+    attention_kernels.splash_attention(q, q, q, causal=True)
   with pytest.raises(ValueError, match="'cudnn' needs a GPU.*here: cpu, bfloat16, head_dim 16"):
-    attention.cudnn_attention(q, q, q)
+    attention_kernels.cudnn_attention(q, q, q)
 
 
 def test_auto_in_the_attention_layer_keeps_attention_dropout():

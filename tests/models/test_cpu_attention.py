@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from llm_jax import config as config_lib
-from llm_jax.models import attention, cpu_attention, layers
+from llm_jax.models import attention_kernels, cpu_attention, layers
 from tests.models.test_attention_kernels import packed_rows
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -52,9 +52,9 @@ def test_values_and_gradients_equal_xla_on_every_row(n, k, t, h, causal):
   mask = jnp.asarray(masks(t, causal))
   cotangent = jnp.asarray(RNG.normal(size=q.shape).astype(np.float32))
   fused = jax.jit(lambda q, k, v: values_and_grads(
-      lambda *a: attention.cpu_fused_attention(*a, mask=mask, causal=causal), q, k, v, cotangent))
+      lambda *a: attention_kernels.cpu_fused_attention(*a, mask=mask, causal=causal), q, k, v, cotangent))
   xla = jax.jit(lambda q, k, v: values_and_grads(
-      lambda *a: attention.xla_attention(*a, mask=mask), q, k, v, cotangent))
+      lambda *a: attention_kernels.xla_attention(*a, mask=mask), q, k, v, cotangent))
   got, want = fused(q, kk, v), xla(q, kk, v)
   for name, a, b in zip(('out', 'dq', 'dk', 'dv'), got, want):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6, rtol=2e-5, err_msg=name)
@@ -70,23 +70,23 @@ def test_without_a_mask_causal_means_by_index(causal, t, s):
   _, k, v = operands(s, 2, 1, 16)
   mask = jnp.tril(jnp.ones((t, s), bool), s - t) if causal else jnp.ones((t, s), bool)
   got = jax.jit(lambda *a: cpu_attention.attention(*a, causal=causal))(q, k, v)
-  want = attention.xla_attention(q, k, v, mask=jnp.broadcast_to(mask, (2, 1, t, s)))
+  want = attention_kernels.xla_attention(q, k, v, mask=jnp.broadcast_to(mask, (2, 1, t, s)))
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-6, rtol=2e-5)
 
 
 def test_bfloat16_operands_run_in_float32_and_return_bfloat16():
   q, k, v = (x.astype(jnp.bfloat16) for x in operands(16, 2, 2, 16))
   mask = jnp.asarray(masks(16, True))
-  got = attention.cpu_fused_attention(q, k, v, mask=mask, causal=True)
+  got = attention_kernels.cpu_fused_attention(q, k, v, mask=mask, causal=True)
   assert got.dtype == jnp.bfloat16
-  want = attention.xla_attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask=mask)
+  want = attention_kernels.xla_attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask=mask)
   np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), atol=2e-2)
 
 
 def test_attention_dropout_is_refused():
   q, k, v = operands(8, 2, 2, 16)
   with pytest.raises(ValueError, match="'cpu_fused' has no attention dropout"):
-    attention.cpu_fused_attention(q, k, v, dropout=lambda p: p, causal=True)
+    attention_kernels.cpu_fused_attention(q, k, v, dropout=lambda p: p, causal=True)
 
 
 # ----------------------------------------------------------------------------- build, cache, errors
@@ -96,7 +96,7 @@ def fresh(monkeypatch, tmp_path):
   """An empty kernel cache and no memory of earlier builds; the loaded library is kept for later tests."""
   monkeypatch.setenv('LLM_JAX_CACHE', str(tmp_path / 'cache'))
   monkeypatch.setattr(cpu_attention, '_STATE', {})
-  monkeypatch.setattr(attention, '_LOGGED', set())
+  monkeypatch.setattr(attention_kernels, '_LOGGED', set())
   return tmp_path
 
 
@@ -130,7 +130,7 @@ def test_a_failing_compiler_is_reported_with_its_message(fresh, monkeypatch):
   q, k, v = operands(8, 2, 2, 16)
   with pytest.raises(cpu_attention.BuildError, match="attention_kernel='cpu_fused' is unavailable: .*exit 3.*"
                      "Use attention_kernel='auto' to fall back to 'blocked'"):
-    attention.cpu_fused_attention(q, k, v, causal=True)
+    attention_kernels.cpu_fused_attention(q, k, v, causal=True)
 
 
 def test_an_unwritable_cache_names_the_setting_to_change(fresh, monkeypatch):
@@ -144,13 +144,13 @@ def test_without_a_compiler_auto_falls_back_to_blocked_with_a_warning_and_config
   monkeypatch.setattr(cpu_attention, 'compiler', lambda: None)
   q, k, v = operands(16, 2, 2, 16)
   mask = jnp.asarray(masks(16, True))
-  choice = attention.choose(q, k, mask=mask, causal=True, block=4, platform='cpu', devices=1)
-  assert choice == attention.Choice(
+  choice = attention_kernels.choose(q, k, mask=mask, causal=True, block=4, platform='cpu', devices=1)
+  assert choice == attention_kernels.Choice(
       'blocked', 'cpu_fused is unavailable: no C++ compiler found (set CXX, or install g++ or clang++)', True)
   with caplog.at_level(logging.INFO, logger='absl'):
-    got = attention.get('auto')(q, k, v, mask=mask, causal=True, block=4)
+    got = attention_kernels.get('auto')(q, k, v, mask=mask, causal=True, block=4)
   assert [r.levelname for r in caplog.records if 'attention_kernel=auto' in r.getMessage()] == ['WARNING']
-  np.testing.assert_allclose(np.asarray(got), np.asarray(attention.blocked_attention(
+  np.testing.assert_allclose(np.asarray(got), np.asarray(attention_kernels.blocked_attention(
       q, k, v, mask=mask, causal=True, block=4)), atol=1e-6)
   config = config_lib.from_file(str(ROOT / 'configs' / 'default.py'),
                                 **{'model.attention_kernel': 'cpu_fused', 'sample.prompt': ''})
@@ -162,9 +162,9 @@ def test_without_a_compiler_auto_falls_back_to_blocked_with_a_warning_and_config
 
 
 def test_off_the_cpu_the_kernel_is_refused():
-  message = attention.unsupported('cpu_fused', dtype=jnp.bfloat16, head_dim=64, seq_len=128, platform='gpu')
+  message = attention_kernels.unsupported('cpu_fused', dtype=jnp.bfloat16, head_dim=64, seq_len=128, platform='gpu')
   assert "'cpu_fused' needs the CPU and a C++ compiler" in message and 'here: gpu' in message
-  assert attention.choose(jax.ShapeDtypeStruct((2, 128, 4, 64), jnp.float32),
+  assert attention_kernels.choose(jax.ShapeDtypeStruct((2, 128, 4, 64), jnp.float32),
                           jax.ShapeDtypeStruct((2, 128, 4, 64), jnp.float32), causal=True,
                           platform='gpu').name != 'cpu_fused'
 
@@ -182,7 +182,7 @@ import logging, sys
 import jax, jax.numpy as jnp, numpy as np
 from absl import logging as absl_logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from llm_jax.models import attention
+from llm_jax.models import attention_kernels
 warnings = []
 absl_logging.get_absl_logger().addHandler(type('H', (logging.Handler,), {'emit': lambda s, r: warnings.append(r.getMessage())})())
 rng = np.random.default_rng(0)
@@ -193,12 +193,12 @@ q, k, v, mask = (jax.device_put(x, batch) for x in (q, k, v, mask))
 def grads(kernel):
   loss = lambda q, k, v: jnp.sum(jnp.sin(kernel(q, k, v, mask=mask, causal=True)))
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
-got, want = grads(attention.cpu_fused_attention), grads(attention.xla_attention)
+got, want = grads(attention_kernels.cpu_fused_attention), grads(attention_kernels.xla_attention)
 np.testing.assert_allclose(float(got[0]), float(want[0]), atol=2e-3)  # a sum of 12288 sines
 for a, b in zip(got[1], want[1]):
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6, rtol=2e-5)
 assert any('cpu_fused with 8 devices' in w for w in warnings), warnings
-choice = attention.choose(q, k, mask=mask, causal=True, block=8)
+choice = attention_kernels.choose(q, k, mask=mask, causal=True, block=8)
 assert choice.name == 'blocked', choice
 print('ok')
 '''
@@ -213,8 +213,8 @@ def test_on_a_mesh_the_explicit_kernel_is_right_and_warns_and_auto_keeps_to_bloc
 def test_under_vmap_and_with_an_integer_mask():
   q, k, v = (jnp.stack([x, 2 * x]) for x in operands(12, 2, 1, 16))  # a leading mapped axis
   mask = jnp.asarray(masks(12, True)).astype(jnp.int32)
-  fused = lambda q, k, v: jnp.sum(jnp.sin(attention.cpu_fused_attention(q, k, v, mask=mask, causal=True)))
-  xla = lambda q, k, v: jnp.sum(jnp.sin(attention.xla_attention(q, k, v, mask=mask.astype(bool))))
+  fused = lambda q, k, v: jnp.sum(jnp.sin(attention_kernels.cpu_fused_attention(q, k, v, mask=mask, causal=True)))
+  xla = lambda q, k, v: jnp.sum(jnp.sin(attention_kernels.xla_attention(q, k, v, mask=mask.astype(bool))))
   got = jax.vmap(jax.grad(fused, argnums=(0, 1, 2)))(q, k, v)
   want = jax.vmap(jax.grad(xla, argnums=(0, 1, 2)))(q, k, v)
   for a, b in zip(got, want):

@@ -1,11 +1,13 @@
 """Each block against a direct NumPy formula."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llm_jax.models import attention, layers
+from llm_jax.models import attention_kernels, layers
 from llm_jax.models.layers import TransformerConfig
 
 RNG = np.random.default_rng(0)
@@ -37,7 +39,7 @@ def test_attention_kernels_match_numpy(kernel, n, k):
   pos = np.array([[0, 1, 2, 0, 1, 2, 0], list(range(7))], np.int32)
   mask = np.asarray(layers.attention_mask(seg, seg, pos, pos, causal=True))
   mask[0, 0, 6, 6] = True  # a fully-masked padding row gives NaN in NumPy; let it see itself
-  got = attention.get(kernel)(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v), mask=jnp.asarray(mask))
+  got = attention_kernels.get(kernel)(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v), mask=jnp.asarray(mask))
   np.testing.assert_allclose(np.asarray(got), np_attention(q, kk, v, mask), atol=2e-5, rtol=1e-5)
 
 
@@ -55,9 +57,9 @@ def test_mask_blocks_other_documents_future_and_padding():
 
 def test_unknown_or_unavailable_kernel_errors():
   with pytest.raises(ValueError, match='choose one of'):
-    attention.get('flash9000')
+    attention_kernels.get('flash9000')
   with pytest.raises(ValueError, match='runs on gpu, not on cpu'):
-    attention.get('cudnn', platform='cpu')
+    attention_kernels.get('cudnn', platform='cpu')
 
 
 def _apply(module, x, *args):
@@ -111,7 +113,7 @@ def test_rope_is_the_rotation_of_pairs():
   assert dot(5, 3) == pytest.approx(dot(12, 10), rel=1e-4)
 
 
-@pytest.mark.parametrize('activation', ['relu', 'gelu', 'swiglu'])
+@pytest.mark.parametrize('activation', ['relu', 'gelu_tanh', 'gelu_exact', 'swiglu'])
 def test_mlp_matches_numpy(activation):
   cfg = TransformerConfig(vocab_size=8, emb_dim=8, mlp_dim=16, mlp_activation=activation, use_bias=True)
   x = RNG.normal(size=(2, 3, 8)).astype(np.float32)
@@ -122,8 +124,10 @@ def test_mlp_matches_numpy(activation):
   h = x @ p['wi'] + p['wi_bias']
   if activation == 'relu':
     h = np.maximum(h, 0)
-  elif activation == 'gelu':
-    h = np.asarray(jax.nn.gelu(h))  # the tanh approximation, as GPT-2
+  elif activation == 'gelu_tanh':  # GPT-2's approximation
+    h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))
+  elif activation == 'gelu_exact':  # x·Φ(x), BERT's
+    h = 0.5 * h * (1 + np.vectorize(math.erf)(h / np.sqrt(2)))
   else:
     g = x @ p['wi_gate'] + p['wi_gate_bias']
     h = g / (1 + np.exp(-g)) * h
@@ -131,7 +135,7 @@ def test_mlp_matches_numpy(activation):
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize('activation', ['relu', 'gelu'])
+@pytest.mark.parametrize('activation', ['relu', 'gelu_tanh', 'gelu_exact'])
 def test_mlp_hand_written_backward_equals_autodiff(activation):
   """The bias-free MLP uses a custom VJP; its value and gradients equal autodiff's."""
   cfg = TransformerConfig(vocab_size=8, emb_dim=8, mlp_dim=16, mlp_activation=activation, use_bias=False)
@@ -158,7 +162,7 @@ def test_blocked_kernel_matches_numpy_on_packed_causal_rows(block):
   seg = np.array([[1, 1, 1, 2, 2, 2, 2, 2], [1] * 8], np.int32)
   pos = np.array([[0, 1, 2, 0, 1, 2, 3, 4], list(range(8))], np.int32)
   mask = np.asarray(layers.attention_mask(seg, seg, pos, pos, causal=True))
-  got = attention.get('blocked')(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v), mask=jnp.asarray(mask),
+  got = attention_kernels.get('blocked')(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v), mask=jnp.asarray(mask),
                                  causal=True, block=block)
   np.testing.assert_allclose(np.asarray(got), np_attention(q, kk, v, mask), atol=2e-5, rtol=1e-5)
 

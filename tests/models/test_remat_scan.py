@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from llm_jax import config as config_lib
-from llm_jax.models import layers, transformer
+from llm_jax.models import blocks, layers
+from llm_jax.models.decoder import DecoderLM
 from llm_jax.models.layers import TransformerConfig
 
 SMALL = TransformerConfig(vocab_size=40, num_layers=2, num_heads=4, num_kv_heads=2, emb_dim=32,
@@ -39,7 +40,7 @@ def _init(model, abstract: bool = False):
 @functools.lru_cache(maxsize=None)
 def _plain(variant: tuple):
   """(unrolled params, loss, grads) of the plain model, remat='none'."""
-  model = transformer.build('decoder', SMALL.replace(**dict(variant)))
+  model = DecoderLM(SMALL.replace(**dict(variant)))
   params = _init(model)
   loss, grads = jax.jit(jax.value_and_grad(functools.partial(_loss, model)))(params)
   return params, loss, grads
@@ -67,8 +68,8 @@ POLICY_CASES = {
 def test_every_remat_policy_gives_the_plain_loss_and_gradients(remat, names, variant, scan):
   params, want, want_grads = _plain(variant)
   cfg = SMALL.replace(remat=remat, remat_names=names, scan_layers=scan, **dict(variant))
-  model = transformer.build('decoder', cfg)
-  convert = transformer.to_scanned if scan else (lambda p: p)
+  model = DecoderLM(cfg)
+  convert = blocks.to_scanned if scan else (lambda p: p)
   got, got_grads = jax.jit(jax.value_and_grad(functools.partial(_loss, model)))(convert(params))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=5e-5)  # a sum of 960 terms of size ~1
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-5),  # gradients up to ~70
@@ -77,7 +78,7 @@ def test_every_remat_policy_gives_the_plain_loss_and_gradients(remat, names, var
 
 def _saved(cfg) -> list[str]:
   """jax's report of what the backward pass of the loss keeps, one line per residual."""
-  model = transformer.build('decoder', cfg)
+  model = DecoderLM(cfg)
   params = _init(model, abstract=True)
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
@@ -123,9 +124,9 @@ def test_save_named_under_scan_saves_the_stacked_activation():
 
 def test_unknown_remat_policy_or_names_are_errors():
   with pytest.raises(ValueError, match='choose one of'):
-    transformer.build('decoder', SMALL.replace(remat='some')).init(jax.random.key(0), TOKENS)
+    DecoderLM(SMALL.replace(remat='some')).init(jax.random.key(0), TOKENS)
   with pytest.raises(ValueError, match='mlp_hidden'):
-    transformer.build('decoder', SMALL.replace(remat='save_named', remat_names=('mlp_hiden',))).init(
+    DecoderLM(SMALL.replace(remat='save_named', remat_names=('mlp_hiden',))).init(
         jax.random.key(0), TOKENS)
   config = config_lib.base_config()
   config.model.remat = 'dotz'
@@ -145,23 +146,23 @@ def test_unknown_remat_policy_or_names_are_errors():
 def test_scanned_layout_is_the_unrolled_one_stacked():
   """to_scanned gives exactly the parameter tree a scanned model initializes; to_unrolled inverts it."""
   params = _plain(())[0]
-  scanned = transformer.build('decoder', SMALL.replace(scan_layers=True))
+  scanned = DecoderLM(SMALL.replace(scan_layers=True))
   want = _init(scanned, abstract=True)
-  got = transformer.to_scanned(params)
+  got = blocks.to_scanned(params)
   assert jax.tree.structure(got) == jax.tree.structure(want)
   jax.tree.map(lambda g, w: (g.shape, g.dtype) == (w.shape, w.dtype) or pytest.fail(f'{g.shape} != {w.shape}'),
                got, want)
   assert got['layers']['mlp']['wi'].shape == (SMALL.num_layers, SMALL.emb_dim, SMALL.mlp_dim)
   np.testing.assert_array_equal(got['layers']['mlp']['wi'][1], params['layer_1']['mlp']['wi'])
-  jax.tree.map(np.testing.assert_array_equal, transformer.to_unrolled(got), params)
-  assert transformer.to_scanned(got) is got and transformer.to_unrolled(params) is params
+  jax.tree.map(np.testing.assert_array_equal, blocks.to_unrolled(got), params)
+  assert blocks.to_scanned(got) is got and blocks.to_unrolled(params) is params
 
 
 @pytest.mark.parametrize('remat', ['none', 'full'])
 def test_scanned_program_stays_the_same_size_as_depth_grows(remat):
   """Lines of the lowered gradient program at 2 and 8 layers: flat when scanned, ~L when unrolled."""
   def lines(num_layers, scan):
-    model = transformer.build('decoder', SMALL.replace(num_layers=num_layers, scan_layers=scan, remat=remat))
+    model = DecoderLM(SMALL.replace(num_layers=num_layers, scan_layers=scan, remat=remat))
     params = _init(model, abstract=True)
     grad = jax.jit(jax.grad(functools.partial(_loss, model)))
     return len(grad.lower(params).as_text().splitlines())

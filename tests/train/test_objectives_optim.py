@@ -9,7 +9,7 @@ import optax
 
 from llm_jax import config as config_lib
 from llm_jax.data.synthetic import SyntheticDataset
-from llm_jax.models import transformer
+from llm_jax.models import kinds
 from llm_jax.train import objectives, optim, step as step_lib
 
 
@@ -60,13 +60,13 @@ def _state_and_step(micro_batches, dropout=0.0, mode='scan'):
   config.model.num_layers, config.model.emb_dim, config.data.seq_len = 1, 32, 16
   config.model.dropout_rate = dropout
   cfg = config_lib.model_config(config, vocab_size=30)
-  model = transformer.build('decoder', cfg)
+  model = kinds.build('decoder', cfg)
   opt, lr = optim.make(config.train)
-  batch = SyntheticDataset(30, 16, 8).train_batch(0)
+  batch = SyntheticDataset(model, 16, 8).train_batch(0)
   batch['weights'][:3, :5] = 0  # uneven weights: accumulation must divide by the whole batch's count
   batch = jax.tree.map(jnp.asarray, batch)
   state = step_lib.init_state(model, opt, 0, batch)
-  fn = step_lib.make_train_step(model, opt, lr, objective='causal_lm', z_loss=0.0,
+  fn = step_lib.make_train_step(model, opt, lr, z_loss=0.0,
                                 micro_batches=micro_batches, dropout=dropout > 0, micro_batch_mode=mode)
   return state, jax.jit(fn), batch
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from llm_jax import config as config_lib
-from llm_jax.models import transformer
+from llm_jax.models.decoder import DecoderLM
 from llm_jax.models.layers import TransformerConfig
 
 SMALL = TransformerConfig(vocab_size=40, num_layers=2, num_heads=4, num_kv_heads=2, emb_dim=32,
@@ -15,7 +15,7 @@ SMALL = TransformerConfig(vocab_size=40, num_layers=2, num_heads=4, num_kv_heads
 
 
 def _init(cfg, tokens):
-  model = transformer.build('decoder', cfg)
+  model = DecoderLM(cfg)
   return model, nn.meta.unbox(model.init(jax.random.key(0), tokens)['params'])
 
 
@@ -49,7 +49,7 @@ def test_scan_and_remat_match_unrolled(remat):
   model, params = _init(SMALL, tokens)
   loss = lambda m, p: jnp.mean(m.apply({'params': p}, tokens) ** 2)
   want, want_grad = jax.value_and_grad(lambda p: loss(model, p))(params)
-  scanned = transformer.build('decoder', SMALL.replace(scan_layers=True, remat=remat))
+  scanned = DecoderLM(SMALL.replace(scan_layers=True, remat=remat))
   got, got_grad = jax.value_and_grad(lambda p: loss(scanned, p))(_stack_layers(params, 2))
   np.testing.assert_allclose(got, want, rtol=1e-5)
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6),
@@ -62,7 +62,7 @@ def test_post_ln_untied_swiglu_rmsnorm_bf16_runs_close_to_float32():
   tokens = jnp.asarray(np.random.default_rng(3).integers(0, 40, (2, 12)))
   model, params = _init(cfg, tokens)
   f32 = model.apply({'params': params}, tokens)
-  bf16 = transformer.build('decoder', cfg.replace(dtype=jnp.bfloat16)).apply({'params': params}, tokens)
+  bf16 = DecoderLM(cfg.replace(dtype=jnp.bfloat16)).apply({'params': params}, tokens)
   assert 'lm_head' in params and bf16.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(bf16), np.asarray(f32), atol=5e-2)
 
@@ -82,7 +82,7 @@ def test_gpt2_small_shapes_without_compute():
   """configs/gpt2_small.py at GPT-2's 50257 vocabulary is exactly GPT-2 124M (124,439,808)."""
   config = config_lib.from_file('configs/gpt2_small.py')
   cfg = config_lib.model_config(config, vocab_size=50257)
-  model = transformer.build('decoder', cfg)
+  model = DecoderLM(cfg)
   tokens = jax.ShapeDtypeStruct((2, 1024), jnp.int32)
   shapes = jax.eval_shape(model.init, jax.random.key(0), tokens)
   params = nn.meta.unbox(shapes['params'])

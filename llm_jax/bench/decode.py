@@ -35,7 +35,7 @@ import numpy as np
 from llm_jax import config as config_lib
 from llm_jax import errors
 from llm_jax import generate as gen
-from llm_jax.models import transformer
+from llm_jax.models import kinds
 
 
 class DecodeMismatch(errors.Error, RuntimeError):
@@ -56,15 +56,15 @@ def _best_time(fn, repeats: int, budget_s: float = 1.0, most: int = 20) -> tuple
 
 def random_params(model_cfg, kind: str = 'decoder', seed: int = 0):
   """The model's freshly initialized 'params' (unboxed), as ``init`` draws them."""
-  model = transformer.build(kind, model_cfg)
-  variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, model_cfg.max_len), jnp.int32))
+  built = kinds.build(kind, model_cfg)
+  variables = jax.jit(built.init)(jax.random.key(seed), built.example_batch(1, model_cfg.max_len))
   return nn.meta.unbox(variables['params'])
 
 
 def benchmark_decoding(config, *, batch_sizes=(1, 64), new_tokens: int = 256, prompt_len: int = 16,
                        no_cache_max_tokens: int = 16, repeats: int = 2, vocab_size: int = -1) -> dict:
   """Prefill and per-token latency, tokens/s and the cache's speedup per batch size (a dict)."""
-  from llm_jax.bench import synthetic_vocab
+  from llm_jax.bench.common import synthetic_vocab
   if new_tokens < 2 or prompt_len < 1:
     raise errors.ConfigError(f'--decode_new_tokens={new_tokens} must be >= 2 and --decode_prompt_len={prompt_len} >= 1.')
   vocab = synthetic_vocab(config, vocab_size)

@@ -1,11 +1,14 @@
 """Attention kernels behind one signature, chosen by name (``TransformerConfig.attention_kernel``).
 
-Every kernel computes softmax(q·kᵀ/√H + mask)·v for grouped-query attention:
+Every kernel computes softmax(q·kᵀ/√H + bias + mask)·v for grouped-query attention:
 
-  kernel(q[B,T,N,H], k[B,S,K,H], v[B,S,K,H], *, mask, dropout, causal, block) -> [B,T,N,H]
+  kernel(q[B,T,N,H], k[B,S,K,H], v[B,S,K,H], *, mask, bias, dropout, causal, block) -> [B,T,N,H]
 
 ``mask`` is a boolean [B, 1, T, S] array (True = may attend) or None; it already
-combines causality, padding and document (segment) boundaries. ``dropout`` is a
+combines causality, padding and document (segment) boundaries. ``bias`` is an
+additive float array broadcastable to [B, N, T, S] (ALiBi, T5's relative position
+buckets) or None; kernels that cannot take one refuse it, and ``auto`` passes them
+over (``supports_bias``). ``dropout`` is a
 function applied to the attention probabilities, or None. ``causal`` says the mask
 hides every key after its query (so blocks above the diagonal are empty) and
 ``block`` is the tile size a kernel may use to skip them; kernels that do not skip
@@ -44,6 +47,7 @@ class _Entry(NamedTuple):
   fn: Kernel
   platforms: tuple[str, ...]
   supports_dropout: bool
+  supports_bias: bool
   check: Optional[Check]
 
 
@@ -52,10 +56,10 @@ _FALLBACK = "Use attention_kernel='auto' to fall back, or 'blocked'/'xla'."
 
 
 def register(name: str, platforms: tuple[str, ...] = ('cpu', 'gpu', 'tpu'),
-             supports_dropout: bool = False, check: Optional[Check] = None):
+             supports_dropout: bool = False, supports_bias: bool = True, check: Optional[Check] = None):
   """Registers a kernel under ``name`` for the given JAX platforms."""
   def wrap(fn: Kernel) -> Kernel:
-    _KERNELS[name] = _Entry(fn, platforms, supports_dropout, check)
+    _KERNELS[name] = _Entry(fn, platforms, supports_dropout, supports_bias, check)
     return fn
   return wrap
 
@@ -66,6 +70,10 @@ def names() -> tuple[str, ...]:
 
 def supports_dropout(name: str) -> bool:
   return _KERNELS[name].supports_dropout
+
+
+def supports_bias(name: str) -> bool:
+  return _KERNELS[name].supports_bias
 
 
 def get(name: str, platform: Optional[str] = None) -> Kernel:
@@ -105,6 +113,21 @@ def _wrong_platform(name: str, platform: str) -> str:
           f'{platform}{needs}. Use one of {", ".join(ok)} here.')
 
 
+def _no_bias(name: str, bias) -> None:
+  if bias is not None:
+    raise ValueError(f'config.model.attention_kernel={name!r} takes no additive attention bias (needed by this '
+                     f'model\'s position encoding); use attention_kernel=auto, blocked or xla.')
+
+
+def _grouped_bias(bias, b: int, kv_heads: int, g: int, t: int, s: int):
+  """bias broadcastable to [B, N, T, S] -> [B or 1, K or 1, G or 1, T, S] for head-major logits."""
+  bias = jnp.asarray(bias, jnp.float32)
+  bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+  if bias.shape[1] == 1:
+    return bias[:, :, None]
+  return bias.reshape(bias.shape[0], kv_heads, g, *bias.shape[2:])
+
+
 def _no_dropout(name: str, dropout) -> None:
   if dropout is not None:
     raise ValueError(f'config.model.attention_kernel={name!r} has no attention dropout; set '
@@ -114,7 +137,7 @@ def _no_dropout(name: str, dropout) -> None:
 # ----------------------------------------------------------------------------- einsum kernels
 
 @register('xla', supports_dropout=True)
-def xla_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
+def xla_attention(q, k, v, *, mask=None, bias=None, dropout=None, causal=False, block=0):
   """Plain einsum attention; the reference every other kernel is tested against.
 
   Works head-major: q, k, v are transposed once to [B, K, ·, H] and the G query heads
@@ -130,6 +153,8 @@ def xla_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
   kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   logits = jnp.einsum('BKQH,BKSH->BKQS', qh, kh, preferred_element_type=jnp.float32)
   logits = logits.reshape(b, kv_heads, g, t, s)
+  if bias is not None:
+    logits = logits + _grouped_bias(bias, b, kv_heads, g, t, s)
   if mask is not None:
     logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1)
@@ -145,7 +170,7 @@ def _blocks(causal: bool, t: int, s: int, block: int) -> bool:
 
 
 @register('blocked', supports_dropout=True)
-def blocked_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=64):
+def blocked_attention(q, k, v, *, mask=None, bias=None, dropout=None, causal=False, block=64):
   """Causal attention that skips the key blocks after each query block.
 
   Query block i (rows i·b .. (i+1)·b) attends to keys 0 .. (i+1)·b only: the same
@@ -155,12 +180,16 @@ def blocked_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=6
   """
   t, s = q.shape[1], k.shape[1]
   if not _blocks(causal, t, s, block):
-    return xla_attention(q, k, v, mask=mask, dropout=dropout)
+    return xla_attention(q, k, v, mask=mask, bias=bias, dropout=dropout)
+  if bias is not None:
+    bias = jnp.asarray(bias)
+    bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
   outs = []
   for i in range(t // block):
     rows, end = slice(i * block, (i + 1) * block), (i + 1) * block
     outs.append(xla_attention(q[:, rows], k[:, :end], v[:, :end], dropout=dropout,
-                              mask=None if mask is None else mask[:, :, rows, :end]))
+                              mask=None if mask is None else mask[:, :, rows, :end],
+                              bias=None if bias is None else bias[:, :, rows, :end]))
   return jnp.concatenate(outs, axis=1)
 
 
@@ -180,8 +209,8 @@ def _cpu_fused_check(platform, dtype, head_dim, seq_lens):
   return needs, [error] if error else []
 
 
-@register('cpu_fused', platforms=('cpu',), check=_cpu_fused_check)
-def cpu_fused_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
+@register('cpu_fused', platforms=('cpu',), supports_bias=False, check=_cpu_fused_check)
+def cpu_fused_attention(q, k, v, *, mask=None, bias=None, dropout=None, causal=False, block=0):
   """One fused C++ pass per (batch, kv head) through the XLA FFI (``cpu_attention.py``).
 
   Skips the keys after each causal 4-row query tile, keeps the probabilities for the
@@ -189,6 +218,7 @@ def cpu_fused_attention(q, k, v, *, mask=None, dropout=None, causal=False, block
   """
   del block
   _no_dropout('cpu_fused', dropout)
+  _no_bias('cpu_fused', bias)
   if _device_count() > 1 and 'cpu_fused' not in _LOGGED:
     _LOGGED.add('cpu_fused')
     logging.warning('attention_kernel=cpu_fused with %d devices: XLA cannot shard the custom call, so '
@@ -200,11 +230,19 @@ def cpu_fused_attention(q, k, v, *, mask=None, dropout=None, causal=False, block
 # ----------------------------------------------------------------------------- jax.nn kernels
 
 @register('dot_product')
-def dot_product_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
+def dot_product_attention(q, k, v, *, mask=None, bias=None, dropout=None, causal=False, block=0):
   """``jax.nn.dot_product_attention`` with XLA's own implementation (any platform)."""
   del causal, block
   _no_dropout('dot_product', dropout)
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='xla')
+  return jax.nn.dot_product_attention(q, k, v, bias=_full_bias(bias, q), mask=mask, implementation='xla')
+
+
+def _full_bias(bias, q):
+  """bias as jax.nn.dot_product_attention takes it: 4-D, in q's dtype (None stays None)."""
+  if bias is None:
+    return None
+  bias = jnp.asarray(bias)
+  return bias.reshape((1,) * (4 - bias.ndim) + bias.shape).astype(q.dtype)
 
 
 def _cudnn_max_head_dim(platform: str) -> int:
@@ -241,7 +279,7 @@ def _cudnn_check(platform, dtype, head_dim, seq_lens):
 
 
 @register('cudnn', platforms=('gpu',), check=_cudnn_check)
-def cudnn_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
+def cudnn_attention(q, k, v, *, mask=None, bias=None, dropout=None, causal=False, block=0):
   """cuDNN flash attention through ``jax.nn.dot_product_attention``; the mask goes in as a bias.
 
   Checks dtype and head dim while tracing, so an unsupported combination fails with
@@ -252,7 +290,7 @@ def cudnn_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0):
   message = _needs_message('cudnn', jax.default_backend(), q.dtype, q.shape[-1])
   if message:
     raise ValueError(message)
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='cudnn')
+  return jax.nn.dot_product_attention(q, k, v, bias=_full_bias(bias, q), mask=mask, implementation='cudnn')
 
 
 # ----------------------------------------------------------------------------- splash (TPU)
@@ -282,8 +320,8 @@ def segment_ids_from_mask(mask: jax.Array) -> jax.Array:
   return jnp.where(m.any(axis=-1), jnp.argmax(m, axis=-1) + 1, 0).astype(jnp.int32)
 
 
-@register('splash', platforms=('tpu',), check=_splash_check)
-def splash_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0, interpret=False):
+@register('splash', platforms=('tpu',), supports_bias=False, check=_splash_check)
+def splash_attention(q, k, v, *, mask=None, bias=None, dropout=None, causal=False, block=0, interpret=False):
   """Pallas splash attention (``jax.experimental.pallas.ops.tpu.splash_attention``) on TPU.
 
   For causal self-attention: q is scaled by H^-0.5 (splash does not scale) and laid
@@ -299,6 +337,7 @@ def splash_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=0,
   """
   del block
   _no_dropout('splash', dropout)
+  _no_bias('splash', bias)
   _, t, n, h = q.shape
   if not causal or t != k.shape[1]:
     return xla_attention(q, k, v, mask=mask)
@@ -334,12 +373,14 @@ class Choice(NamedTuple):
   fallback: bool   # the platform's fast kernel (cudnn, splash) could not take these operands
 
 
-def choose(q, k, *, mask=None, dropout=None, causal=False, block=64,
+def choose(q, k, *, mask=None, bias=None, dropout=None, causal=False, block=64,
            platform: Optional[str] = None, devices: Optional[int] = None) -> Choice:
   """The kernel for these operands: cudnn on GPU, splash on TPU, cpu_fused on one CPU
   device, else blocked or xla.
 
-  Only kernels with attention dropout are picked when ``dropout`` is given. ``devices``
+  Only kernels with attention dropout are picked when ``dropout`` is given, and only
+  kernels that take an additive bias when ``bias`` is (cpu_fused and splash take none:
+  the reason says so). ``devices``
   (default: this process's device count) matters on the CPU: the fused kernel is an
   opaque custom call that XLA cannot shard, so with more than one device 'auto' keeps
   to the einsum kernels, which shard like the rest of the step.
@@ -347,16 +388,20 @@ def choose(q, k, *, mask=None, dropout=None, causal=False, block=64,
   platform = platform or jax.default_backend()
   t, s, h = q.shape[1], k.shape[1], q.shape[-1]
   fast = {'gpu': 'cudnn', 'tpu': 'splash'}.get(platform)
-  missed = None
+  missed, note = None, ''
   if platform == 'cpu' and dropout is None and t == s:
     devices = _device_count() if devices is None else devices
-    if devices == 1:
+    if devices == 1 and bias is not None:
+      note = 'cpu_fused takes no attention bias; '
+    elif devices == 1:
       error = cpu_attention.available()
       if error is None:
         return Choice('cpu_fused', f'one CPU device, self-attention (T=S={t})', False)
       missed = f'cpu_fused is unavailable: {error}'
   if fast and dropout is not None:
     missed = f'{fast} has no attention dropout'
+  elif fast == 'splash' and bias is not None:
+    missed = 'splash takes no attention bias'
   elif fast == 'cudnn':
     _, unmet = _cudnn_check(platform, q.dtype, h, (t, s) if mask is not None else ())
     if not unmet:
@@ -379,19 +424,19 @@ def choose(q, k, *, mask=None, dropout=None, causal=False, block=64,
     name, why = 'xla', f'T={t} fits in one attention_block={block}'
   else:
     name, why = 'xla', f'T={t} is not a multiple of attention_block={block}'
-  return Choice(name, missed or why, missed is not None)
+  return Choice(name, missed or note + why, missed is not None)
 
 
 _LOGGED: set[str] = set()
 
 
 @register('auto', supports_dropout=True)
-def auto_attention(q, k, v, *, mask=None, dropout=None, causal=False, block=64):
+def auto_attention(q, k, v, *, mask=None, bias=None, dropout=None, causal=False, block=64):
   """Runs ``choose``'s kernel, logging each distinct choice once (a warning when it falls back)."""
   platform = jax.default_backend()
-  choice = choose(q, k, mask=mask, dropout=dropout, causal=causal, block=block, platform=platform)
+  choice = choose(q, k, mask=mask, bias=bias, dropout=dropout, causal=causal, block=block, platform=platform)
   message = f'attention_kernel=auto on {platform}: {choice.reason}, using {choice.name}'
   if message not in _LOGGED:
     _LOGGED.add(message)
     (logging.warning if choice.fallback else logging.info)(message)
-  return _KERNELS[choice.name].fn(q, k, v, mask=mask, dropout=dropout, causal=causal, block=block)
+  return _KERNELS[choice.name].fn(q, k, v, mask=mask, bias=bias, dropout=dropout, causal=causal, block=block)

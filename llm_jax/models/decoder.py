@@ -1,0 +1,90 @@
+"""The decoder-only kind: a GPT-style causal language model.
+
+``DecoderLM.apply(variables, inputs[B,T] int32, positions[B,T], segment_ids[B,T],
+deterministic=...) -> logits[B,T,V] float32``; with ``return_hidden=True`` it returns
+``(hidden[B,T,D] cfg.dtype, w[D,V] float32)`` instead, the final hidden states and the
+output projection, so a loss can form the logits a slice at a time
+(``objectives``, ``train.loss_chunk_size``). Packed documents (segment ids 1, 2, ...)
+never attend to each other; segment id 0 is padding. In decode mode (``cfg.decode``)
+each call appends to the KV cache.
+
+``DecoderKind`` is its seam (``kinds``): a batch of packed rows (``kinds.token_schema``)
+and the next-token cross-entropy (``objectives.causal_lm``).
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from llm_jax.models import axes
+from llm_jax.models import blocks
+from llm_jax.models import kinds
+from llm_jax.models import layers
+from llm_jax.models.layers import TransformerConfig
+from llm_jax.train import objectives
+
+
+class DecoderLM(nn.Module):
+  """GPT-style causal language model (contract in the module docstring)."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, inputs, positions=None, segment_ids=None, deterministic: bool = True,
+               return_hidden: bool = False):
+    cfg = self.cfg
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(inputs.shape[1], dtype=jnp.int32), inputs.shape)
+    if segment_ids is None:
+      segment_ids = jnp.ones_like(inputs, dtype=jnp.int32)
+    x, embed = layers.embed_inputs(cfg, inputs, positions, None, deterministic)
+    # Built once for every layer; in decode mode each layer's cache builds its own.
+    mask = None if cfg.decode else layers.attention_mask(segment_ids, segment_ids, positions, positions, True)
+    x = blocks.stack_blocks(cfg, x, positions=positions, segment_ids=segment_ids, mask=mask,
+                            deterministic=deterministic)
+    if cfg.norm_placement == 'pre':
+      x = layers.NORMS[cfg.norm](cfg, name='final_norm')(x)
+    if not cfg.tie_embeddings:
+      w = layers.param_with_axes(self, 'lm_head', nn.initializers.normal(cfg.init_std),
+                                 (cfg.emb_dim, cfg.vocab_size), (axes.EMBED, axes.VOCAB))
+    if return_hidden:
+      x = nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_EMBED))
+      return x, embed.projection() if cfg.tie_embeddings else w
+    if cfg.tie_embeddings:
+      logits = embed.attend(x)
+    else:
+      logits = layers.dense(x, w.astype(cfg.dtype))
+    logits = nn.with_logical_constraint(logits, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_VOCAB))
+    return logits.astype(jnp.float32)
+
+
+@kinds.register('decoder')
+class DecoderKind(kinds.ModelKind):
+  """Next-token prediction on packed rows."""
+  heads = ('lm',)
+
+  @classmethod
+  def features_of(cls, head: str) -> str:
+    return 'lm'
+
+  def make_module(self, cfg: TransformerConfig) -> nn.Module:
+    return DecoderLM(cfg)
+
+  def schema(self, batch: int, length: int):
+    return kinds.token_schema(batch, length)
+
+  def init(self, rng, batch: dict):
+    return self.module.init(rng, batch['inputs'], batch['positions'], batch['segment_ids'])
+
+  def loss(self, params, batch: dict, *, dropout_key=None, z_loss: float = 0.0, chunk_size: int = 0) -> dict:
+    outputs = self.module.apply({'params': params}, batch['inputs'], batch['positions'], batch['segment_ids'],
+                                deterministic=dropout_key is None, return_hidden=chunk_size > 0,
+                                rngs=None if dropout_key is None else {'dropout': dropout_key})
+    return objectives.get('causal_lm', chunk_size=chunk_size)(outputs, batch, z_loss)
+
+  def metrics(self, sums: dict, prefix: str) -> dict:
+    loss = sums['nll_sum'] / jnp.maximum(sums['weight_sum'], 1.0)
+    return {f'{prefix}loss': loss, f'{prefix}perplexity': jnp.exp(jnp.minimum(loss, 50.0))}
+
+  def decode_module(self) -> nn.Module:
+    """The same model in decode mode (a KV cache; ``generate``)."""
+    return DecoderLM(self.cfg.replace(decode=True))
+
