@@ -95,6 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   t = c.train
   t.steps = 1000                  # length of the run; sets the schedule
+  t.epochs = 0.0                  # > 0: the run's length in passes over the training data instead of train.steps
+                                  # (steps = ceil(epochs * training rows / batch_size), known once the data is)
   t.stop_at = -1                  # stop after this step with a checkpoint, schedule untouched (-1: off)
   t.batch_size = 32               # global batch, in rows of seq_len tokens
   t.micro_batches = 1             # gradient accumulation: batch_size splits into this many
@@ -237,7 +239,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     parallel.validate(config, num_devices)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if t.stop_at != -1 and not 0 < t.stop_at <= t.steps:
+  if t.epochs < 0:
+    raise ConfigError(f'config.train.epochs={t.epochs} must be >= 0 (0: use train.steps).')
+  if t.stop_at != -1 and not 0 < t.stop_at <= (t.steps if not t.epochs else t.stop_at):
     raise ConfigError(f'config.train.stop_at={t.stop_at} must be in 1..train.steps={t.steps} (or -1).')
   if t.warmup_steps < 0:
     raise ConfigError(f'config.train.warmup_steps={t.warmup_steps} must be >= 0.')

@@ -33,6 +33,12 @@ from llm_jax.train import objectives
 
 HEADS = ('mlm', 'classify', 'none')
 
+# BERT's architecture (Devlin et al. 2019) as config.model values, for a config file's
+# ``config.model.update(BERT_LAYOUT)``; the shapes (layers, width, heads) are the config's.
+BERT_LAYOUT = dict(kind='encoder', norm_placement='post', embed_norm=True, type_vocab_size=2, use_bias=True,
+                   tie_embeddings=True, mlp_activation='gelu_exact', norm_eps=1e-12, pos_encoding='learned',
+                   dropout_rate=0.1)
+
 
 def mlm_predictions(seq_len: int, probability: float) -> int:
   """P: the positions a row of ``seq_len`` tokens predicts at most (BERT: 20 of 128 at 0.15)."""

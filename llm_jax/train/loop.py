@@ -64,7 +64,7 @@ def _make_workdir(workdir: str) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_changes: Sequence[str] = ()) -> dict:
-  """Trains until train.steps (or train.stop_at), evaluating, logging and checkpointing.
+  """Trains until train.steps (or train.epochs, or train.stop_at), evaluating, logging and checkpointing.
 
   Holds the workdir's lock for the whole run and refuses a resume that changes the model,
   the data or the batch unless ``allow_changes`` names those keys (``llm_jax.workdir``);
@@ -100,7 +100,7 @@ def _train(config, workdir: str, preempt: preemption.Watch, changes: dict, allow
       if changes and jax.process_index() == 0:
         print(f'[llm_jax] config changed since the last run in this workdir: '
               f'{workdir_lib.describe_changes(changes)} (recorded in {workdir_lib.HISTORY_FILE})', flush=True)
-      last = config.train.stop_at if config.train.stop_at != -1 else config.train.steps
+      last = config.train.stop_at if config.train.stop_at != -1 else trainer.steps
       if jax.process_index() == 0:
         print(summary_lib.startup(trainer, workdir, first, last), flush=True)
       writer = metrics_lib.MetricsWriter(workdir, resume_step=first)

@@ -7,10 +7,10 @@ import ml_collections
 import optax
 
 
-def schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
+def schedule(t: ml_collections.ConfigDict, steps: int = 0) -> optax.Schedule:
   """Linear warmup 0 → peak over warmup_steps, then cosine/linear decay to end_learning_rate
-  at decay_steps (default: train.steps), or constant."""
-  total = t.steps if t.decay_steps == -1 else t.decay_steps
+  at decay_steps (default: the run's steps: ``steps``, else train.steps), or constant."""
+  total = (steps or t.steps) if t.decay_steps == -1 else t.decay_steps
   warmup = optax.linear_schedule(0.0, t.learning_rate, max(t.warmup_steps, 1))
   decay_len = max(total - t.warmup_steps, 1)
   if t.schedule == 'cosine':
@@ -43,9 +43,10 @@ def decay_mask(params, t: ml_collections.ConfigDict):
   return jax.tree_util.tree_map_with_path(decide, params)
 
 
-def make(t: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW with global-norm clipping. Returns (optimizer, learning-rate schedule)."""
-  lr = schedule(t)
+def make(t: ml_collections.ConfigDict, steps: int = 0) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with global-norm clipping over a run of ``steps`` (default train.steps). Returns
+  (optimizer, learning-rate schedule)."""
+  lr = schedule(t, steps)
   parts = []
   if t.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(t.grad_clip))

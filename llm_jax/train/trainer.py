@@ -9,6 +9,7 @@ mesh (``parallelism='jit'``) or with ``jax.pmap`` (``pmap_step``).
 import contextlib
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -44,6 +45,7 @@ class Trainer:
   eval_step: Any     # jitted (params, batch) -> sums
   lr_schedule: Any
   flops_per_token: float
+  steps: int         # the run's length: train.steps, or train.epochs over this data
   pmap: bool = False
 
   @property
@@ -81,6 +83,21 @@ def make_kind(config: ml_collections.ConfigDict, vocab_size: int) -> kinds.Model
   return kinds.build(config.model.kind, config_lib.model_config(config, vocab_size), **options)
 
 
+def run_steps(config: ml_collections.ConfigDict, dataset) -> int:
+  """train.steps, or with train.epochs > 0 the steps that pass over the training rows that often."""
+  t = config.train
+  if not t.epochs:
+    return t.steps
+  rows = getattr(dataset, 'rows_per_epoch', None)
+  if not rows or rows >= 1 << 30:  # synthetic data has no epochs
+    raise config_lib.ConfigError('config.train.epochs needs a dataset with a known size; set train.steps instead.')
+  steps = max(1, math.ceil(t.epochs * rows / t.batch_size))
+  if t.stop_at != -1 and t.stop_at > steps:
+    raise config_lib.ConfigError(f'config.train.stop_at={t.stop_at} is past the {steps} steps of '
+                                 f'train.epochs={t.epochs}; lower it.')
+  return steps
+
+
 def build_trainer(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> Trainer:
   """Validates the config, loads the data (unless given) and places everything; compiles nothing yet."""
   config_lib.validate(config, num_devices=jax.device_count())
@@ -90,10 +107,11 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, dataset=None)
                             process_index=jax.process_index(), process_count=jax.process_count())
   kind = make_kind(config, dataset.tokenizer.vocab_size)
   model_cfg = kind.cfg
+  steps = run_steps(config, dataset)
   pmap = config.parallelism == 'pmap'
   mesh = pmap_step.make_mesh() if pmap else parallel.make_mesh(config.mesh)
   rules = parallel.rules_from_config(config.mesh.rules)
-  optimizer, lr_schedule = optim.make(config.train)
+  optimizer, lr_schedule = optim.make(config.train, steps)
   b, t = config.train.batch_size, config.data.seq_len
   example = kind.schema(b, t)
   init_fn = functools.partial(step_lib.init_state, kind, optimizer, config.seed)
@@ -123,4 +141,4 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, dataset=None)
   placed = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state, shardings)
   return Trainer(config, dataset, model_cfg, kind, mesh, rules, shardings, batch_sharding, placed,
                  abstract_variables, init, train_step, eval_step, lr_schedule,
-                 kind.flops_per_token(abstract_state.params, t), pmap)
+                 kind.flops_per_token(abstract_state.params, t), steps, pmap)

@@ -50,8 +50,8 @@ def _patch_optimizer(spike_step):
   from llm_jax.train import optim
   original = optim.make
 
-  def make(train_cfg):
-    optimizer, schedule = original(train_cfg)
+  def make(train_cfg, *args):
+    optimizer, schedule = original(train_cfg, *args)
     spike = lambda count: jnp.where(count == spike_step - 1, 1e30, 1.0)
     return optax.chain(optimizer, optax.scale_by_schedule(spike)), lambda s: schedule(s) * spike(s)
 

@@ -214,3 +214,50 @@ def test_auto_in_the_attention_layer_keeps_attention_dropout():
   run = lambda kernel: jax.jit(layers.Attention(cfg.replace(attention_kernel=kernel)).apply, static_argnums=4)(
       params, x, pos, seg, False, rngs={'dropout': jax.random.key(1)})
   np.testing.assert_allclose(np.asarray(run('auto')), np.asarray(run('xla')), atol=1e-6)  # 'auto' dropped nothing
+
+
+# ----------------------------------------------------------------------------- additive bias
+
+def np_reference_with_bias(q, k, v, mask, bias):
+  """np_reference with an additive bias [B or 1, N, T, S] on the scaled logits."""
+  g = q.shape[2] // k.shape[2]
+  k, v = np.repeat(k, g, axis=2).astype(np.float64), np.repeat(v, g, axis=2).astype(np.float64)
+  logits = np.einsum('btnh,bsnh->bnts', q.astype(np.float64), k) / np.sqrt(q.shape[-1]) + bias
+  logits = np.where(mask, logits, -np.inf)
+  top = logits.max(-1, keepdims=True)
+  p = np.exp(logits - np.where(np.isfinite(top), top, 0))
+  p /= np.maximum(p.sum(-1, keepdims=True), 1e-30)
+  return np.einsum('bnts,bsnh->btnh', p, v)
+
+
+@pytest.mark.parametrize('name', ['xla', 'blocked', 'dot_product', 'auto'])
+@pytest.mark.parametrize('shared', [True, False], ids=['bias_per_head', 'bias_per_row_and_head'])
+def test_kernels_add_an_attention_bias(name, shared):
+  """ALiBi-like distances scaled per head (shared by the rows), or a different bias per row."""
+  t, n, k = 16, 4, 2
+  q, kk, v, mask, valid = operands(t, n, k)
+  distance = -np.abs(np.arange(t)[:, None] - np.arange(t)[None, :]).astype(np.float32)
+  bias = distance[None, None] * np.array([0.5, 0.25, 0.125, 1.0], np.float32)[None, :, None, None]
+  if not shared:
+    bias = np.concatenate([bias, 2 * bias + RNG.normal(size=bias.shape).astype(np.float32)], axis=0)
+  got = jax.jit(lambda q, k, v: attention_kernels.get(name)(q, k, v, mask=jnp.asarray(mask), bias=jnp.asarray(bias),
+                                                             causal=True, block=4))(q, kk, v)
+  np.testing.assert_allclose(np.asarray(got)[valid], np_reference_with_bias(q, kk, v, mask, bias)[valid],
+                             atol=2e-5, rtol=1e-5)
+
+
+@on_cpu
+def test_kernels_without_bias_refuse_it_and_auto_passes_them_over(monkeypatch):
+  q = jnp.zeros((1, 16, 2, 8))
+  bias = jnp.zeros((1, 2, 16, 16))
+  with pytest.raises(ValueError, match="'cpu_fused' takes no additive attention bias"):
+    attention_kernels.cpu_fused_attention(q, q, q, bias=bias, causal=True)
+  assert not attention_kernels.supports_bias('cpu_fused') and not attention_kernels.supports_bias('splash')
+  monkeypatch.setattr(attention_kernels, '_device_count', lambda: 1)
+  plain = attention_kernels.choose(q, q, mask=object(), causal=True, block=4, platform='cpu', devices=1)
+  biased = attention_kernels.choose(q, q, mask=object(), bias=bias, causal=True, block=4, platform='cpu', devices=1)
+  if plain.name == 'cpu_fused':  # where the kernel could be built
+    assert biased.name == 'blocked' and biased.reason.startswith('cpu_fused takes no attention bias; ')
+  on_tpu = attention_kernels.choose(jnp.zeros((1, 128, 2, 8), jnp.bfloat16), jnp.zeros((1, 128, 2, 8)), bias=bias,
+                                    causal=True, block=64, platform='tpu')
+  assert on_tpu.name == 'blocked' and on_tpu.fallback and on_tpu.reason == 'splash takes no attention bias'
