@@ -295,3 +295,16 @@ def test_cpu_seconds_counts_this_process_busy_time():
     pass
   busy = perf.cpu_seconds() - start_cpu
   assert 0.2 < busy < 0.3 * 2 + 0.1
+
+
+@pytest.mark.slow  # imports torch and compiles both sides; the figure itself is in BENCHMARKS.md
+def test_bert_vs_hf_script_times_both_sides_at_equal_parameter_counts(tmp_path):
+  out = tmp_path / 'bert.json'
+  proc = subprocess.run([sys.executable, str(ROOT / 'experiments' / 'bert_vs_hf' / 'run.py'), '--layers=1',
+                         '--width=32', '--heads=2', '--seq_len=16', '--batch=2', '--vocab=300', '--steps=1',
+                         '--rounds=1', '--warmup=1', f'--out={out}'], capture_output=True, text=True, cwd=ROOT,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result['llm_jax']['params'] == result['transformers']['params']
+  assert result['llm_jax']['step_ms'] > 0 and result['transformers']['step_ms'] > 0 and result['speedup'] > 0

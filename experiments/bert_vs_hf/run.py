@@ -56,8 +56,9 @@ def _llm_jax_side():
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   config = config_lib.from_file(os.path.join(root, 'configs', 'bert_tiny.py'), **{
       'model.num_layers': FLAGS.layers, 'model.emb_dim': FLAGS.width, 'model.num_heads': FLAGS.heads,
-      'model.dropout_rate': 0.0, 'data.seq_len': FLAGS.seq_len, 'train.batch_size': FLAGS.batch,
-      'train.learning_rate': 1e-4, 'train.weight_decay': 0.01, 'train.grad_clip': 0.0, 'train.warmup_steps': 0})
+      'model.dropout_rate': 0.0, 'model.max_len': 512, 'data.seq_len': FLAGS.seq_len, 'train.batch_size': FLAGS.batch,
+      'train.learning_rate': 1e-4, 'train.weight_decay': 0.01, 'train.grad_clip': 0.0, 'train.warmup_steps': 0,
+      'data.tokenizer': 'byte'})  # the batches are synthetic: no tokenizer is trained or read
   dataset = common.synthetic_dataset(config, FLAGS.vocab)
   trainer = trainer_lib.build_trainer(config, '/tmp/llm_jax_bert_vs_hf', dataset=dataset)
   batches = []
@@ -110,10 +111,10 @@ def _torch_side(batches):
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     holder['i'] += 1
-    return out.loss
+    return out.loss.detach()
 
   params = sum(p.numel() for p in model.parameters())
-  return step, lambda loss: float(loss), dict(params=params, torch=torch.__version__,
+  return step, float, dict(params=params, torch=torch.__version__,
                                               transformers=transformers.__version__,
                                               attention=getattr(config, '_attn_implementation', None),
                                               threads=torch.get_num_threads())

@@ -62,8 +62,9 @@ def get(name: str) -> type:
   return _KINDS[name]
 
 
-def build(name: str, cfg: TransformerConfig) -> 'ModelKind':
-  return get(name)(cfg)
+def build(name: str, cfg: TransformerConfig, **options) -> 'ModelKind':
+  """Kind ``name`` for model ``cfg``; ``options`` are the kind's own (the encoder's mlm_probability)."""
+  return get(name)(cfg, **options)
 
 
 def _int(shape):
