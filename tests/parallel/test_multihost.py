@@ -90,6 +90,7 @@ def test_ctrl_c_on_one_process_saves_one_step_on_both(parallel_dir):
   import signal
   import time
   tmp = parallel_dir / 'tmp'
+  tmp.mkdir(exist_ok=True)
   workdir = parallel_dir / 'ctrl_c'
   port = free_port()
   flags = {**common.overrides(tmp), 'mesh.dcn_data': 2, 'mesh.data': 1, 'mesh.fsdp': 4, 'train.steps': 100000,
