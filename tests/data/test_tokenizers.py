@@ -98,8 +98,9 @@ def test_build_refuses_a_different_saved_tokenizer(tmp_path):
 
 
 def test_unknown_kind_names_the_key_and_the_choices(tmp_path):
-  with pytest.raises(ValueError, match=r"config.data.tokenizer='wordpiece'.*byte.*char.*sentencepiece"):
-    _build('wordpiece', tmp_path)
+  with pytest.raises(ValueError, match=r"config.data.tokenizer='bpe'.*byte.*char.*pretrained.*sentencepiece"
+                                       r".*wordpiece"):
+    _build('bpe', tmp_path)
 
 
 def test_load_without_tokenizer_is_a_clear_error(tmp_path):
