@@ -227,11 +227,12 @@ def _check_batch(global_batch: int, process_index: int, process_count: int) -> N
     raise ValueError(f'process_index={process_index} is not in [0, {process_count}).')
 
 
-def fingerprint(data_cfg, fields: tuple[str, ...], **extra) -> dict:
-  """What a cache entry was made from: ``fields`` of ``data_cfg``, the optional fields
+def fingerprint(data_cfg, fields: tuple[str, ...], optional: tuple[str, ...] = _OPTIONAL_FIELDS,
+                **extra) -> dict:
+  """What a cache entry was made from: ``fields`` of ``data_cfg``, those of ``optional``
   that are set, and ``extra``."""
   return {'version': CACHE_VERSION, **{k: data_cfg[k] for k in fields},
-          **{k: data_cfg[k] for k in _OPTIONAL_FIELDS if data_cfg[k]}, **extra}
+          **{k: data_cfg[k] for k in optional if data_cfg[k]}, **extra}
 
 
 def _key(spec: dict) -> str:
@@ -256,7 +257,8 @@ def tokenizer_for(data_cfg, cache_dir: str) -> Tokenizer:
   """The run's tokenizer in `cache_dir`, built (from the train split, for the kinds that
   learn from text) if absent."""
   cls = tokenizer_class(data_cfg.tokenizer)
-  source = fingerprint(data_cfg, _TOKENIZER_FIELDS if cls.reads_texts else ('tokenizer',))
+  source = (fingerprint(data_cfg, _TOKENIZER_FIELDS) if cls.reads_texts
+            else fingerprint(data_cfg, ('tokenizer',), optional=('tokenizer_path',)))
   path = os.path.join(cache_dir, SOURCE_FILE)
   if os.path.exists(path):
     with open(path) as f:

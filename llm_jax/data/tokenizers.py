@@ -419,6 +419,9 @@ def _pretrained_files(directory: str, what: str):
   for role in _ROLES:
     if role not in named:
       named[role] = next((n for n in _DEFAULT_NAMES[role] if n in vocab), None)
+  # Marked special (their ids unchanged): kept whole in text and skipped by decode, as in
+  # transformers; a vocab.txt alone marks nothing.
+  tok.add_special_tokens([name for name in named.values() if name in vocab])
   return tok, named
 
 

@@ -144,7 +144,7 @@ def test_pretrained_minilm_gives_the_ids_of_transformers(tmp_path, minilm_dir, r
       len(reference), reference.pad_token_id, reference.unk_token_id, reference.cls_token_id,
       reference.sep_token_id, reference.mask_token_id)
   assert tok.special_ids == tuple(sorted(reference.all_special_ids)) and tok.eos_id == tok.sep_id
-  for text in SENTENCES + ['word ' * 300]:  # longer than the directory's truncation (128): not cut
+  for text in SENTENCES + ['word ' * 300, 'a [MASK] in the text']:  # longer than its truncation (128): not cut
     assert _with_markers(tok, text) == reference(text)['input_ids'], text
     ids = tok.encode(text)
     assert ids.dtype == np.int32 and tok.decode(ids) == reference.decode(ids, skip_special_tokens=True)
@@ -157,8 +157,11 @@ def test_pretrained_from_vocab_txt_alone_matches_too(tmp_path, minilm_dir, refer
   for name in ('vocab.txt', 'tokenizer_config.json'):
     shutil.copy(f'{minilm_dir}/{name}', source / name)
   tok = _pretrained(tmp_path / 'cache', source)
-  for text in SENTENCES:
+  for text in SENTENCES + ['a [MASK] in the text, and [SEP]']:
     assert _with_markers(tok, text) == reference(text)['input_ids'], text
+    ids = reference(text)['input_ids']
+    assert tok.decode(ids) == reference.decode(ids, skip_special_tokens=True)
+  assert tok.special_ids == tuple(sorted(reference.all_special_ids))
 
 
 def test_pretrained_is_copied_into_the_cache_and_reloads_without_its_source(tmp_path, minilm_dir):
