@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from llm_jax import errors
 from llm_jax.data import embedded, sources
 
 
@@ -213,3 +214,83 @@ def test_empty_text_names_dataset_and_split(make_cfg, tmp_path):
   cfg = make_cfg(dataset='files', files=str(tmp_path / '*.txt'), eval_fraction=0.0)
   with pytest.raises(ValueError, match=r"config.data.dataset='files' split 'train' has no text"):
     _texts(cfg, 'train')
+
+
+# ---- records -------------------------------------------------------------------------------------
+
+
+def _records(cfg, split):
+  return list(sources.records(cfg, split))
+
+
+def _jsonl(path, rows):
+  path.write_text(''.join((r if isinstance(r, str) else json.dumps(r)) + '\n' for r in rows))
+
+
+def test_sources_yield_records_and_documents_are_their_texts(make_cfg):
+  records = _records(make_cfg(), 'validation')
+  assert all(set(r) == {'text'} for r in records)
+  assert [r['text'] for r in records] == list(embedded.documents('validation'))
+
+
+def test_jsonl_lines_map_the_configured_keys(make_cfg, tmp_path):
+  _jsonl(tmp_path / 'a.jsonl', [{'sentence1': f'first {i}', 'sentence2': f'second {i}', 'gold': i % 3, 'x': 0}
+                                for i in range(5)] + [''])
+  (tmp_path / 'b.txt').write_text('a plain file is one record')
+  cfg = make_cfg(dataset='files', files=str(tmp_path / '*'), eval_fraction=0.5, text_key='sentence1',
+                 text_b_key='sentence2', label_key='gold')
+  assert _records(cfg, 'train') == [{'text': f'first {i}', 'text_b': f'second {i}', 'label': i % 3}
+                                    for i in range(5)]
+  assert _records(cfg, 'validation') == [{'text': 'a plain file is one record'}]
+  assert _texts(cfg, 'train') == [f'first {i}' for i in range(5)]
+
+
+def test_one_jsonl_file_is_split_by_its_last_records(make_cfg, tmp_path):
+  _jsonl(tmp_path / 'only.jsonl', [{'text': f'line {i}'} for i in range(10)])
+  cfg = make_cfg(dataset='files', files=str(tmp_path / 'only.jsonl'), eval_fraction=0.2)
+  assert _records(cfg, 'train') == [{'text': f'line {i}'} for i in range(8)]  # no label key: no labels
+  assert _records(cfg, 'validation') == [{'text': f'line {i}'} for i in (8, 9)]
+
+
+@pytest.mark.parametrize('line, problem', [
+    ('{"text": "ok", "label": 1', 'is not JSON'),
+    ('["text", 1]', 'not an object'),
+    ('{"body": "no text key", "label": 1}', "has no key 'text' (config.data.text_key)"),
+    ('{"text": "no label"}', "has no key 'label' (config.data.label_key)"),
+    ('{"text": "a float label", "label": 0.5}', "non-integer value for 'label'"),
+])
+def test_a_bad_jsonl_line_names_the_file_and_the_line(make_cfg, tmp_path, line, problem):
+  _jsonl(tmp_path / 'data.jsonl', [{'text': 'fine', 'label': 0}, '', line])
+  cfg = make_cfg(dataset='files', files=str(tmp_path / 'data.jsonl'), eval_fraction=0.0)
+  with pytest.raises(errors.DataError) as info:
+    _records(cfg, 'train')
+  message = str(info.value)
+  assert f'{tmp_path / "data.jsonl"} line 3' in message and problem in message and '\n' not in message
+
+
+class _FakeTFDSBuilder:
+  """A prepared TFDS builder with GLUE/SST-2's features."""
+
+  class info:
+    features = {'sentence': None, 'label': None, 'idx': None}
+
+  def is_prepared(self):
+    return True
+
+  def download_and_prepare(self, download_config=None):
+    pass
+
+  def as_dataset(self, split, shuffle_files):
+    return [{'sentence': b'a fine film', 'label': 1, 'idx': 0}, {'sentence': b'caf\xe9 bad', 'label': 0, 'idx': 1}]
+
+
+def test_tfds_features_map_to_records(make_cfg, monkeypatch):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  monkeypatch.setattr(tfds, 'builder', lambda name, data_dir=None: _FakeTFDSBuilder())
+  monkeypatch.setattr(tfds, 'as_numpy', lambda ds: ds)
+  cfg = make_cfg(dataset='glue/sst2', text_key='sentence')
+  assert _records(cfg, 'train') == [{'text': 'a fine film', 'label': 1}, {'text': 'caf\ufffd bad', 'label': 0}]
+  with pytest.raises(errors.DataError, match=r"config.data.text_b_key='question'.*\['idx', 'label', 'sentence'\]"):
+    _records(make_cfg(dataset='glue/sst2', text_key='sentence', text_b_key='question'), 'train')
+  no_labels = make_cfg(dataset='glue/sst2', text_key='sentence', label_key='score')
+  assert _records(no_labels, 'train')[0] == {'text': 'a fine film'}

@@ -112,4 +112,4 @@ def test_bad_config_fails_before_compiling(tmp_path):
   with pytest.raises(ValueError, match='config.data.dataset'):
     loop.train_and_evaluate(tiny_config(tmp_path, **{'data.dataset': 'no_such_dataset_xyz'}), str(tmp_path / 'x'))
   with pytest.raises(ValueError, match='config.data.tokenizer'):
-    loop.train_and_evaluate(tiny_config(tmp_path, **{'data.tokenizer': 'wordpiece'}), str(tmp_path / 'x'))
+    loop.train_and_evaluate(tiny_config(tmp_path, **{'data.tokenizer': 'no_such_tokenizer'}), str(tmp_path / 'x'))
