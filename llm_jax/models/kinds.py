@@ -62,8 +62,9 @@ def get(name: str) -> type:
   return _KINDS[name]
 
 
-def build(name: str, cfg: TransformerConfig) -> 'ModelKind':
-  return get(name)(cfg)
+def build(name: str, cfg: TransformerConfig, **options) -> 'ModelKind':
+  """The kind ``name`` for ``cfg``; ``options`` are the kind's own (the encoder's mlm_probability)."""
+  return get(name)(cfg, **options)
 
 
 def _int(shape):
