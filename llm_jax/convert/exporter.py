@@ -51,6 +51,7 @@ def export(workdir: str, out_dir: str, step: Optional[int] = None) -> dict:
   from llm_jax import data as data_lib
   from llm_jax.train import trainer as trainer_lib
   config = workdir_lib.load_config(workdir)
+  table.exporters(config.model.kind)
   _check_out(out_dir)
   ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint, read_only=True)
   try:

@@ -47,7 +47,8 @@ def load_params(source: str, kind, fresh_params, what: str = 'config.init_from')
   if family.kind != kind.name:
     raise errors.ConfigError(
         f'{what}={source!r} holds a {architecture} (model.kind {family.kind!r}) but this config trains '
-        f'model.kind={kind.name!r}; set --config.model.kind={family.kind} or start from a {kind.name} checkpoint.')
+        f'model.kind={kind.name!r}; set --config.model.kind={family.kind} (and a model.head of that kind) or start '
+        f'from a {kind.name} checkpoint.')
   check_config(family, hf_config, kind.cfg, architecture, directory)
   weights = hf.open_weights(directory)
   leaves = {_path(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(fresh_params)[0]}

@@ -198,15 +198,20 @@ def identify(hf_config: dict, directory: str) -> tuple[str, Family]:
                            f'{supported()}.')
 
 
-def for_export(kind: str, cfg: TransformerConfig) -> Family:
-  """The family an llm_jax model of ``kind`` and ``cfg`` is exported as; ConfigError if none fits."""
+def exporters(kind: str) -> list[Family]:
+  """The families a model of ``kind`` may be exported as; ConfigError when there is none."""
   candidates = [f for f in families() if f.kind == kind]
   if not candidates:
     kinds = sorted({f.kind for f in families()})
     raise errors.ConfigError(f'model.kind={kind!r} cannot be exported to Hugging Face yet; llm_jax exports '
                              f'model.kind {", ".join(kinds)} ({supported()}).')
+  return candidates
+
+
+def for_export(kind: str, cfg: TransformerConfig) -> Family:
+  """The family an llm_jax model of ``kind`` and ``cfg`` is exported as; ConfigError if none fits."""
   problems = []
-  for family in candidates:
+  for family in exporters(kind):
     unfit = family.unfit(cfg)
     if not unfit:
       return family

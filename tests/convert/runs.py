@@ -1,14 +1,17 @@
-"""A tiny BERT-layout encoder run started from a Hugging Face directory through the real training
-path (config file, ``build_trainer``, ``init_from.load``), saved as a checkpoint an export can read.
+"""Tiny BERT-layout encoder runs started from a Hugging Face directory: through the real training
+path (config file, ``build_trainer``, ``init_from.load``: ``start``), or just its parameters
+(``converted``), saved as a workdir an export can read (``save``).
 
-The data is ``SyntheticDataset`` batches of the kind's schema (the encoder featurizers are not
-needed to test weights), over the reference model's vocabulary.
+The trainer's data is ``SyntheticDataset`` batches of the kind's schema (the encoder
+featurizers are not needed to test weights), over the reference model's vocabulary.
 """
 
 import json
 import os
+import types
 
 import jax
+import numpy as np
 
 from llm_jax import checkpoint as ckpt_lib
 from llm_jax import config as config_lib
@@ -45,15 +48,26 @@ def start(config, workdir):
   return trainer, state, params
 
 
-def save(config, workdir, state, step: int = 1) -> None:
-  """The run's config record and one finished checkpoint of ``state``."""
+def save(config, workdir, params, step: int = 1) -> None:
+  """The run's config record and one finished checkpoint holding ``params`` (the optimizer state
+  left empty: an export reads the parameters only)."""
   os.makedirs(workdir, exist_ok=True)
   workdir_lib.record(str(workdir), config, step=0, event='start', changes={})
+  state = types.SimpleNamespace(params=params, step=np.int32(step), opt_state={}, rng=np.zeros(2, np.uint32))
   ckpts = ckpt_lib.Checkpoints(str(workdir), config.checkpoint)
   try:
     ckpts.save(step, state, {'data_position': step, 'model_kind': config.model.kind, 'skipped_steps': 0})
   finally:
     ckpts.close()
+
+
+def converted(config, vocab: int = refs.VOCAB):
+  """(kind, params) of ``config``'s model started from config.init_from by ``convert.load_params``
+  (without a trainer: the heads the source lacks keep the kind's own initialization)."""
+  from llm_jax import convert
+  kind = trainer_lib.make_kind(config, vocab)
+  params, _ = convert.load_params(config.init_from, kind, refs.fresh(kind))
+  return kind, params
 
 
 def wordpiece_files(cache_dir) -> str:

@@ -41,8 +41,8 @@ def test_masked_lm_matches_transformers(mlm, scan):
   assert np.abs(want[real]).max() > 5  # logits far from zero: a bug cannot hide under the tolerance
   assert refs.max_diff(got[real], want[real]) < refs.TOLERANCE
   np.testing.assert_array_equal(got[real].argmax(-1), want[real].argmax(-1))
-  # each leaf sits on the sharding of the fresh leaf it replaced
-  jax.tree.map(lambda p, f: p.sharding == f.sharding or pytest.fail('sharding'), params, fresh)
+  for got_leaf, fresh_leaf in zip(jax.tree.leaves(params), jax.tree.leaves(fresh)):
+    assert got_leaf.sharding == fresh_leaf.sharding and got_leaf.dtype == fresh_leaf.dtype
 
 
 def test_sequence_classification_matches_transformers(classifier):
@@ -140,3 +140,16 @@ def test_every_file_tensor_is_consumed(mlm):
   _, report = convert.load_params(str(directory), kind, fresh)
   keys = load_file(os.path.join(directory, 'model.safetensors'))
   assert len(report['restored']) == len(keys) == len(jax.tree.leaves(fresh))
+
+
+def test_bfloat16_safetensors(mlm, tmp_path):
+  """Tensors NumPy has no dtype for are read through safetensors' JAX reader, as float32."""
+  model, _ = mlm
+  half = transformers.BertForMaskedLM(model.config)
+  half.load_state_dict(model.state_dict())
+  half.to(torch.bfloat16).save_pretrained(str(tmp_path), safe_serialization=True)
+  kind, fresh = refs.build(model.config, 'mlm')
+  params, _ = convert.load_params(str(tmp_path), kind, fresh)
+  want = model.state_dict()['bert.encoder.layer.0.intermediate.dense.weight'].to(torch.bfloat16).float().numpy().T
+  np.testing.assert_array_equal(params['layer_0']['mlp']['wi'], want)
+  assert np.abs(want - model.state_dict()['bert.encoder.layer.0.intermediate.dense.weight'].numpy().T).max() > 0
