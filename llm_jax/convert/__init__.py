@@ -1,0 +1,40 @@
+"""Hugging Face weights in and out of llm_jax, one explicit table per model family.
+
+  params, report = convert.load_params('bert-base-uncased', kind, fresh_params)   # import
+  convert.export('runs/bert', 'out/bert-hf')   # or: python -m llm_jax.convert --workdir=... --out=...
+
+``load_params`` (``load.py``) is what ``config.init_from`` calls for a model directory
+or Hub id; ``export`` (``exporter.py``) writes a run's newest checkpoint as a directory
+that ``transformers``' ``from_pretrained`` loads. ``hf.py`` reads and writes the files
+(config.json, safetensors, pytorch_model.bin); ``hub.py`` finds a Hub id's directory.
+
+Supported: BERT (``bert.py``: BertModel, BertForMaskedLM, BertForSequenceClassification,
+BertForPreTraining) <-> model.kind 'encoder'.
+
+Adding an architecture is a new table, not new plumbing. In a new module (say
+``gpt2.py``), subclass ``table.Family`` under ``@table.register`` and give:
+
+- ``model_type`` (config.json's), ``kind`` (the llm_jax model kind), ``prefix`` and
+  ``base_architecture`` (the base model's key prefix, e.g. 'transformer.', and the class
+  that has no head), ``architectures`` (class name -> the rule groups its checkpoints
+  hold), ``buffers`` (keys that are not parameters) and ``renames`` (old key spellings);
+- ``layer_rules()`` and ``other_rules()``: one ``table.Rule(ours, theirs, transform)`` per
+  tensor ('{i}' marks the layer), with a ``table.Transform`` where the layouts differ
+  (``LINEAR`` for a torch Linear [out, in], ``HEADS_IN`` / ``HEADS_BIAS`` / ``HEADS_OUT``
+  for attention projections split into heads; GPT-2's Conv1D is already [in, out], so a
+  fused c_attn needs a transform of its own), ``copies`` for tied tensors;
+- ``mismatches(hf_config, cfg, ...)``: each config.json field against the
+  ``TransformerConfig``, as ``table.field(...)`` entries naming the flag that fixes it;
+  ``unfit(cfg)``, ``hf_config(cfg, architecture)`` and ``export_architecture(head)`` for
+  export;
+
+then add the module to ``table._MODULES`` and test it against ``transformers`` with a
+small random model, as tests/convert/ does for BERT. The shape check, the count check
+(every tensor consumed or a known buffer), the scanned layout and the shardings come
+from the plumbing.
+"""
+
+from llm_jax.convert.exporter import export
+from llm_jax.convert.load import load_params
+
+__all__ = ['export', 'load_params']

@@ -1,0 +1,166 @@
+"""Hugging Face weights into an llm_jax model: ``load_params(source, kind, fresh_params)``.
+
+In this order, each failure one ``ConfigError`` line before any tensor is read:
+
+1. ``source`` is a model directory or a Hub id (``hub.resolve``); its config.json names
+   the architecture, whose family (``table.identify``) must convert to ``kind``'s model
+   kind;
+2. config.json is compared with ``kind.cfg``: every difference in one message, with the
+   ``--config`` flags that fix it;
+3. each rule of the family pairs a checkpoint key with a parameter: the tensor's shape
+   must be what the parameter needs (the message names the key and both shapes), tied
+   copies must be equal, and every tensor in the file must be consumed by a rule or be a
+   known buffer (the count check: nothing is dropped silently), and every tensor of the
+   body (all but the heads) must be there.
+
+The result is ``(params, report)``: ``params`` has the tree of ``fresh_params`` (unboxed
+arrays, scanned or unrolled), each leaf on the sharding of the fresh leaf it replaces;
+``report`` lists '/'-joined paths: 'restored' (from the checkpoint), 'fresh' (parameters
+the checkpoint lacks, such as a classifier over an MLM checkpoint: the fresh leaf is
+kept), and 'unused' (checkpoint keys, as the file spells them, that this model does
+without, such as an MLM head when it classifies).
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from llm_jax import errors
+from llm_jax.convert import hf
+from llm_jax.convert import hub
+from llm_jax.convert import table
+
+SCANNED = 'layers'  # blocks.stack_blocks' name for the stacked layers
+
+
+def _path(keypath) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in keypath)
+
+
+def load_params(source: str, kind, fresh_params, what: str = 'config.init_from') -> tuple[Any, dict]:
+  """(params, report) of ``fresh_params``' tree from the Hugging Face model ``source`` (see the
+  module docstring). ``kind`` is the model's ``ModelKind``; ``what`` names the setting in messages."""
+  directory = hub.resolve(source, what)
+  hf_config = hf.read_config(directory)
+  architecture, family = table.identify(hf_config, directory)
+  if family.kind != kind.name:
+    raise errors.ConfigError(
+        f'{what}={source!r} holds a {architecture} (model.kind {family.kind!r}) but this config trains '
+        f'model.kind={kind.name!r}; set --config.model.kind={family.kind} (and a model.head of that kind) or start '
+        f'from a {kind.name} checkpoint.')
+  check_config(family, hf_config, kind.cfg, architecture, directory)
+  weights = hf.open_weights(directory)
+  leaves = {_path(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(fresh_params)[0]}
+  targets = _unrolled_shapes(leaves, kind.cfg.num_layers)
+  converted, unused = convert(family, weights, kind.cfg, targets)
+  return _assemble(fresh_params, leaves, converted, kind.cfg.num_layers, unused)
+
+
+def check_config(family: table.Family, hf_config: dict, cfg, architecture: str, directory: str) -> None:
+  """ConfigError listing every field where ``cfg`` differs from config.json, with the fixing flags."""
+  found = family.mismatches(hf_config, cfg, architecture, directory)
+  if not found:
+    return
+  fixes = ' '.join(m.fix for m in found if m.fix)
+  unfixable = [m.what for m in found if not m.fix]
+  message = f'{directory} holds a {architecture} that differs from this model: ' + '; '.join(map(str, found)) + '.'
+  if fixes:
+    message += f' Set {fixes}.'
+  if unfixable:
+    message += f' llm_jax has no setting for {", ".join(unfixable)}: this checkpoint cannot be converted.'
+  raise errors.ConfigError(message)
+
+
+def _unrolled_shapes(leaves: dict, num_layers: int) -> dict[str, tuple[int, ...]]:
+  """{unrolled path: shape} of the model's parameters; a scanned leaf 'layers/x' [L, ...] is
+  'layer_{i}/x' [...] for each layer."""
+  out = {}
+  for path, leaf in leaves.items():
+    if path.startswith(SCANNED + '/'):
+      rest = path[len(SCANNED) + 1:]
+      out.update({f'layer_{i}/{rest}': tuple(leaf.shape[1:]) for i in range(num_layers)})
+    else:
+      out[path] = tuple(leaf.shape)
+  return out
+
+
+def convert(family: table.Family, weights: hf.Weights, cfg, targets: dict) -> tuple[dict, list[str]]:
+  """({unrolled path: float32 array}, unused keys): every rule applied to ``weights``, with the
+  shape, tied-copy and count checks (module docstring)."""
+  keys: dict[str, str] = {}
+  for key in weights.keys():
+    name = family.normalize(key)
+    if name in keys:
+      raise errors.ConfigError(f'{weights.description} holds both {keys[name]} and {key}, the same tensor '
+                               'spelt twice; keep one.')
+    keys[name] = key
+  rules = family.rules(cfg)
+  known = {r.ours for r in rules if r.ours is not None}
+  unknown = sorted(p for p in targets if p not in known)
+  if unknown:
+    raise errors.ConfigError(f'the model has parameters the {family.model_type} table has no rule for: '
+                             f'{", ".join(unknown[:8])}; its config does not fit the {family.model_type} layout.')
+  converted, unused, consumed = {}, [], set()
+  for rule in rules:
+    present = [name for name in (rule.theirs,) + rule.copies if name in keys]
+    if not present:
+      continue
+    consumed.update(present)
+    if rule.ours is None or rule.ours not in targets:
+      unused.append(keys[present[0]])
+      continue
+    array = _checked(weights, keys, present, rule, cfg, targets[rule.ours])
+    converted[rule.ours] = np.asarray(rule.transform.to_ours(array, cfg), np.float32)
+  lacking = [r.theirs for r in rules if r.group == 'body' and r.ours in targets and r.ours not in converted]
+  if lacking:
+    raise errors.ConfigError(f'{weights.description} lacks {", ".join(lacking[:8])}'
+                             f'{" ..." if len(lacking) > 8 else ""}, which every {family.model_type} model holds; '
+                             're-download the model.')
+  left = sorted(keys[n] for n in keys if n not in consumed and n not in family.buffers)
+  if left:
+    raise errors.ConfigError(
+        f'{weights.description} holds {len(left)} tensors the {family.model_type} table does not know: '
+        f'{", ".join(left[:8])}{" ..." if len(left) > 8 else ""}; they would be dropped silently, so nothing was '
+        f'loaded (a rule for them belongs in {type(family).__module__}).')
+  return converted, sorted(unused)
+
+
+def _checked(weights: hf.Weights, keys: dict, present: list[str], rule: table.Rule, cfg, shape) -> np.ndarray:
+  """The tensor of ``rule`` after its shape check; tied copies must equal it."""
+  want = jax.eval_shape(lambda a: rule.transform.to_theirs(a, cfg), jax.ShapeDtypeStruct(shape, np.float32)).shape
+  for name in present:
+    have = weights.shape(keys[name])
+    if tuple(have) != tuple(want):
+      raise errors.ConfigError(f'{weights.description}: {keys[name]} has shape {tuple(have)}, but {rule.ours} '
+                               f'{tuple(shape)} needs {tuple(want)}; the weights do not match their config.json.')
+  array = weights.get(keys[present[0]])
+  for name in present[1:]:
+    if not np.array_equal(weights.get(keys[name]), array):
+      raise errors.ConfigError(f'{weights.description}: {keys[name]} differs from {keys[present[0]]}; llm_jax '
+                               f'holds one tensor for both ({rule.ours}), so this checkpoint cannot be loaded.')
+  return array
+
+
+def _assemble(fresh_params, leaves: dict, converted: dict, num_layers: int, unused: list[str]):
+  restored, fresh, placed = [], [], {}
+  for path, leaf in leaves.items():
+    if path.startswith(SCANNED + '/'):
+      rest = path[len(SCANNED) + 1:]
+      parts = [converted.get(f'layer_{i}/{rest}') for i in range(num_layers)]
+      found = sum(p is not None for p in parts)
+      if found not in (0, num_layers):
+        raise errors.ConfigError(f'the checkpoint holds {path} for {found} of {num_layers} layers; give a '
+                                 'complete checkpoint.')
+      array = np.stack(parts) if found else None
+    else:
+      array = converted.get(path)
+    if array is None:
+      fresh.append(path)
+      continue
+    restored.append(path)
+    sharding = getattr(leaf, 'sharding', None)
+    array = array.astype(leaf.dtype)
+    placed[path] = jax.device_put(array, sharding) if sharding is not None else jax.numpy.asarray(array)
+  params = jax.tree_util.tree_map_with_path(lambda p, leaf: placed.get(_path(p), leaf), fresh_params)
+  return params, {'restored': sorted(restored), 'fresh': sorted(fresh), 'unused': unused}

@@ -1,0 +1,219 @@
+"""What a converter table is made of, and the registry of model families.
+
+A ``Family`` is one Hugging Face model type (``config.json``'s ``model_type``, e.g.
+'bert') written as data: the ``Rule`` rows that pair each llm_jax parameter path with
+its Hugging Face key and the ``Transform`` between their layouts; the architectures
+(``BertForMaskedLM`` ...) and which rule groups each one's checkpoints hold; the
+tensors that are not parameters (buffers); and the comparison of config.json with
+the model's ``TransformerConfig``. The plumbing that applies a table (``load.py``,
+``export.py``) knows no family; a family knows no file format (``hf.py``).
+
+Rules are written once per layer with ``{i}`` in both names; ``Family.rules(cfg)``
+expands them for ``cfg.num_layers`` layers. Paths are llm_jax's unrolled layout
+('layer_0/attention/query'); a scanned model ('layers', a leading layer axis) is
+stacked and unstacked by the plumbing.
+"""
+
+import dataclasses
+import importlib
+import math
+from typing import Any, Callable, ClassVar, Optional
+
+from llm_jax import errors
+from llm_jax.models.layers import TransformerConfig
+
+_FAMILIES: dict[str, 'Family'] = {}   # model_type -> family
+_MODULES = ('llm_jax.convert.bert',)  # each registers its family on import
+
+
+# ----------------------------------------------------------------------------- transforms
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+  """How one tensor's layout differs: ``to_ours(theirs, cfg)`` and its inverse ``to_theirs``.
+
+  Both take and return arrays (NumPy, or abstract values under ``jax.eval_shape``), so the
+  shape a key must have is ``to_theirs`` of the parameter's shape, checked before any
+  reshape can fail.
+  """
+  name: str
+  to_ours: Callable[[Any, TransformerConfig], Any]
+  to_theirs: Callable[[Any, TransformerConfig], Any]
+
+
+COPY = Transform('copy', lambda a, cfg: a, lambda a, cfg: a)
+# torch.nn.Linear keeps weight [out, in]; llm_jax kernels are [in, out].
+LINEAR = Transform('linear', lambda a, cfg: a.T, lambda a, cfg: a.T)
+# A query/key/value Linear [N·H, D] is llm_jax's [D, N, H]; its bias [N·H] is [N, H].
+HEADS_IN = Transform('heads_in', lambda a, cfg: a.T.reshape(a.shape[1], -1, cfg.head_dim),
+                     lambda a, cfg: a.reshape(a.shape[0], -1).T)
+HEADS_BIAS = Transform('heads_bias', lambda a, cfg: a.reshape(-1, cfg.head_dim), lambda a, cfg: a.reshape(-1))
+# The attention output Linear [D, N·H] is llm_jax's [N, H, D].
+HEADS_OUT = Transform('heads_out', lambda a, cfg: a.T.reshape(-1, cfg.head_dim, a.shape[0]),
+                      lambda a, cfg: a.reshape(-1, a.shape[-1]).T)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """One row of a table.
+
+  ours:   llm_jax parameter path ('layer_{i}/mlp/wi'); None for a tensor llm_jax has no
+          place for (BERT's next-sentence head): consumed and reported unused
+  theirs: the Hugging Face key inside the base model, without its prefix ('bert.')
+  group:  'body', or the name of a head; an architecture's checkpoints hold some groups
+  base:   the key belongs to the base model, so a model with a head prefixes it
+  copies: other keys holding the same tensor (tied weights, a duplicated bias): consumed,
+          and each one present must equal the tensor used
+  """
+  ours: Optional[str]
+  theirs: str
+  transform: Transform = COPY
+  group: str = 'body'
+  base: bool = True
+  copies: tuple[str, ...] = ()
+
+  def at(self, i: int) -> 'Rule':
+    fill = lambda s: s.replace('{i}', str(i))
+    return dataclasses.replace(self, ours=None if self.ours is None else fill(self.ours), theirs=fill(self.theirs),
+                               copies=tuple(fill(c) for c in self.copies))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+  """A config field whose value differs: ``what`` ('config.model.num_layers'), ours, theirs
+  (as the checkpoint says it), and ``fix`` (the flags that fix it; '' when none can)."""
+  what: str
+  ours: Any
+  theirs: Any
+  fix: str
+
+  def __str__(self):
+    return f'{self.what}={self.ours!r} (the checkpoint has {self.theirs!r})'
+
+
+def field(key: str, ours, theirs, fix_value=None, close: bool = False) -> list[Mismatch]:
+  """[Mismatch of config.model.``key``] when ours != theirs (``close``: float tolerance), else []."""
+  same = math.isclose(ours, theirs, rel_tol=1e-6) if close else ours == theirs
+  if same:
+    return []
+  value = theirs if fix_value is None else fix_value
+  return [Mismatch(f'config.model.{key}', ours, theirs, f'--config.model.{key}={value}')]
+
+
+# ----------------------------------------------------------------------------- families
+
+class Family:
+  """One Hugging Face model type as a table (see the module docstring). Subclasses fill in
+  the class attributes and the three methods below."""
+  model_type: ClassVar[str]
+  kind: ClassVar[str]                          # the llm_jax model kind it converts to and from
+  prefix: ClassVar[str]                        # the base model's key prefix inside a model with a head
+  base_architecture: ClassVar[str]             # the architecture without a head (no prefix)
+  architectures: ClassVar[dict[str, tuple[str, ...]]]  # class name -> the rule groups its checkpoints hold
+  buffers: ClassVar[tuple[str, ...]] = ()      # keys that are not parameters (position_ids), ignored
+  renames: ClassVar[tuple[tuple[str, str], ...]] = ()  # old key spellings -> the current ones
+  tokenizer_class: ClassVar[str] = 'PreTrainedTokenizerFast'  # tokenizer_config.json's, when export writes one
+
+  def layer_rules(self) -> list[Rule]:
+    """Rules with '{i}', one set per layer."""
+    raise NotImplementedError
+
+  def other_rules(self) -> list[Rule]:
+    """Rules outside the layers: embeddings, final norms, heads."""
+    raise NotImplementedError
+
+  def mismatches(self, hf_config: dict, cfg: TransformerConfig, architecture: str,
+                 source: str) -> list[Mismatch]:
+    """How ``cfg`` differs from the checkpoint's config.json (empty: it fits)."""
+    raise NotImplementedError
+
+  def unfit(self, cfg: TransformerConfig) -> list[str]:
+    """What in ``cfg`` this family cannot express (export); empty when it can."""
+    raise NotImplementedError
+
+  def hf_config(self, cfg: TransformerConfig, architecture: str) -> dict:
+    """config.json for a model of ``cfg`` exported as ``architecture``."""
+    raise NotImplementedError
+
+  def export_architecture(self, head: str) -> str:
+    """The architecture an llm_jax model with ``head`` is written as."""
+    raise NotImplementedError
+
+  # ---- derived ------------------------------------------------------------------------------
+
+  def rules(self, cfg: TransformerConfig, groups: Optional[tuple[str, ...]] = None) -> list[Rule]:
+    """The layer-expanded rules of ``groups`` (None: every group, what an import accepts)."""
+    rules = [r.at(i) for i in range(cfg.num_layers) for r in self.layer_rules()] + self.other_rules()
+    return [r for r in rules if groups is None or r.group in groups]
+
+  def table(self, cfg: TransformerConfig, architecture: str) -> list[Rule]:
+    """The rules an ``architecture`` checkpoint holds: the body plus its groups."""
+    return self.rules(cfg, ('body',) + self.architectures[architecture])
+
+  def normalize(self, key: str) -> str:
+    """A checkpoint key as the rules spell it: the base prefix dropped, old spellings renamed."""
+    if key.startswith(self.prefix):
+      key = key[len(self.prefix):]
+    for old, new in self.renames:
+      if key.endswith(old):
+        key = key[:-len(old)] + new
+    return key
+
+  def key(self, rule: Rule, architecture: str) -> str:
+    """The key ``rule`` is written under in an ``architecture`` checkpoint."""
+    prefixed = rule.base and architecture != self.base_architecture
+    return self.prefix + rule.theirs if prefixed else rule.theirs
+
+
+def register(cls: type) -> type:
+  _FAMILIES[cls.model_type] = cls()
+  return cls
+
+
+def families() -> list[Family]:
+  for module in _MODULES:
+    importlib.import_module(module)
+  return list(_FAMILIES.values())
+
+
+def supported() -> str:
+  """'BertForMaskedLM, BertForSequenceClassification, ...' for messages."""
+  return ', '.join(sorted(a for f in families() for a in f.architectures))
+
+
+def identify(hf_config: dict, directory: str) -> tuple[str, Family]:
+  """(architecture, family) of a config.json: its ``architectures`` entry, or the base
+  architecture of its ``model_type``. ConfigError naming the supported ones otherwise."""
+  by_architecture = {a: f for f in families() for a in f.architectures}
+  named = hf_config.get('architectures') or []
+  for name in named:
+    if name in by_architecture:
+      return name, by_architecture[name]
+  model_type = hf_config.get('model_type')
+  if not named and model_type in _FAMILIES:
+    family = _FAMILIES[model_type]
+    return family.base_architecture, family
+  what = ', '.join(named) if named else f'model_type {model_type!r}'
+  raise errors.ConfigError(f'{directory} holds a {what}, which llm_jax cannot convert; it converts '
+                           f'{supported()}.')
+
+
+def exporters(kind: str) -> list[Family]:
+  """The families a model of ``kind`` may be exported as; ConfigError when there is none."""
+  candidates = [f for f in families() if f.kind == kind]
+  if not candidates:
+    kinds = sorted({f.kind for f in families()})
+    raise errors.ConfigError(f'model.kind={kind!r} cannot be exported to Hugging Face yet; llm_jax exports '
+                             f'model.kind {", ".join(kinds)} ({supported()}).')
+  return candidates
+
+
+def for_export(kind: str, cfg: TransformerConfig) -> Family:
+  """The family an llm_jax model of ``kind`` and ``cfg`` is exported as; ConfigError if none fits."""
+  problems = []
+  for family in exporters(kind):
+    unfit = family.unfit(cfg)
+    if not unfit:
+      return family
+    problems.append(f'as {family.model_type}: {"; ".join(unfit)}')
+  raise errors.ConfigError('this model has no Hugging Face counterpart: ' + ' | '.join(problems) + '.')
