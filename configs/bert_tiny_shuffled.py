@@ -5,7 +5,7 @@ A small labelled set (2,000 sentences), as GLUE's small tasks have, so pretraini
 start from a bert_tiny run's parameters and tokenizer (the classifier head starts fresh)
 
   python -m llm_jax.main --config=configs/bert_tiny_shuffled.py --workdir=runs/bert_tiny_cls \\
-      --config.init_from=runs/bert_tiny --config.data.tokenizer_path=runs/bert_tiny/data
+      --config.init_from=runs/bert_tiny --config.data.tokenizer_path=runs/bert_tiny
 
 or from scratch with the same flags but no init_from, for comparison
 (experiments/bert_tiny_finetune runs all of it).

@@ -17,7 +17,6 @@ import pathlib
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import pytest
 
 from llm_jax import config as config_lib

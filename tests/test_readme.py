@@ -28,7 +28,7 @@ from llm_jax import config as config_lib
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SOURCES = (['README.md'] + sorted(str(p.relative_to(REPO)) for p in (REPO / 'docs').glob('*.md'))
            + sorted(str(p.relative_to(REPO)) for p in (REPO / 'configs').glob('*.py'))
-           + ['llm_jax/main.py', 'llm_jax/sample.py', 'llm_jax/bench/__init__.py'])
+           + ['llm_jax/main.py', 'llm_jax/sample.py', 'llm_jax/bench/__init__.py', 'llm_jax/convert/__main__.py'])
 _PLACEHOLDER = re.compile(r'NAME|DIR\b|DIR_|\.\.\.|\[|\$|BUCKET|HOST0|PORT|=N\b|=I\b|=R\b|KEY')
 _ABSL = {'verbosity', 'v', 'helpfull', 'help', 'helpshort', 'logtostderr', 'alsologtostderr'}
 
@@ -130,7 +130,8 @@ def test_command_matches_the_product(source, command, sample_workdir, monkeypatc
     assert (REPO / tokens[1]).is_file(), f'{source}: {tokens[1]} does not exist'
     return
   module = tokens[2]
-  assert module in ('llm_jax.main', 'llm_jax.sample', 'llm_jax.bench'), f'{source}: unknown entry point {module}'
+  assert module in ('llm_jax.main', 'llm_jax.sample', 'llm_jax.bench', 'llm_jax.convert'), \
+      f'{source}: unknown entry point {module}'
   args = [t for t in tokens[3:] if t.startswith('--')]
   path = module.replace('.', '/')
   known = _defined_flags(f'{path}/__main__.py' if (REPO / path).is_dir() else f'{path}.py')

@@ -17,7 +17,6 @@ Writes OUT/results.json and OUT/results.md; the last line printed is the JSON.
 
 import json
 import math
-import os
 import pathlib
 import subprocess
 import sys
@@ -79,7 +78,7 @@ def main(argv):
   pre_flags = [f'--config.train.steps={FLAGS.pretrain_steps}'] if FLAGS.pretrain_steps else []
   fine_flags = [f'--config.train.steps={FLAGS.finetune_steps}'] if FLAGS.finetune_steps else []
   pretrain = _train('bert_tiny.py', out / 'pretrain', *pre_flags)
-  tokenizer = [f'--config.data.tokenizer_path={out / "pretrain" / "data"}']
+  tokenizer = [f'--config.data.tokenizer_path={out / "pretrain"}']
   finetune = _train('bert_tiny_shuffled.py', out / 'finetune', f'--config.init_from={out / "pretrain"}',
                     *tokenizer, *fine_flags)
   scratch = _train('bert_tiny_shuffled.py', out / 'scratch', *tokenizer, *fine_flags)

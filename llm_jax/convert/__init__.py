@@ -1,6 +1,7 @@
 """Hugging Face weights in and out of llm_jax, one explicit table per model family.
 
-  params, report = convert.load_params('bert-base-uncased', kind, fresh_params)   # import
+  model = convert.from_pretrained('bert-base-uncased')   # kind, params, tokenizer, report
+  params, report = convert.load_params('bert-base-uncased', kind, fresh_params)   # into a given model
   convert.export('runs/bert', 'out/bert-hf')   # or: python -m llm_jax.convert --workdir=... --out=...
 
 ``load_params`` (``load.py``) is what ``config.init_from`` calls for a model directory
@@ -35,6 +36,6 @@ from the plumbing.
 """
 
 from llm_jax.convert.exporter import export
-from llm_jax.convert.load import load_params
+from llm_jax.convert.load import Pretrained, from_pretrained, load_params
 
-__all__ = ['export', 'load_params']
+__all__ = ['Pretrained', 'export', 'from_pretrained', 'load_params']

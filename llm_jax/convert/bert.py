@@ -161,6 +161,24 @@ class Bert(table.Family):
   def export_architecture(self, head: str) -> str:
     return HEADS[head]
 
+  def default_head(self, architecture: str) -> str:
+    return {'BertForSequenceClassification': 'classify', 'BertModel': 'none'}.get(architecture, 'mlm')
+
+  def model_fields(self, hf_config: dict, head: str, source: str) -> dict:
+    get = lambda key: _get(hf_config, key, source)
+    act = get('hidden_act')
+    if act not in ACTIVATIONS:
+      raise errors.ConfigError(f'{source}: hidden_act {act!r} has no llm_jax counterpart (it has '
+                               f'{", ".join(sorted(ACTIVATIONS))}); this checkpoint cannot be converted.')
+    labels = len(hf_config['id2label']) if hf_config.get('id2label') else hf_config.get('num_labels', 2)
+    return dict(dict(LAYOUT), vocab_size=get('vocab_size'), num_layers=get('num_hidden_layers'),
+                num_heads=get('num_attention_heads'), num_kv_heads=get('num_attention_heads'),
+                emb_dim=get('hidden_size'), head_dim=get('hidden_size') // get('num_attention_heads'),
+                mlp_dim=get('intermediate_size'), max_len=get('max_position_embeddings'),
+                type_vocab_size=get('type_vocab_size'), norm_eps=get('layer_norm_eps'),
+                mlp_activation=ACTIVATIONS[act], tie_embeddings=True, causal=False, head=head,
+                num_classes=labels if head == 'classify' else 0)
+
 
 def _get(hf_config: dict, key: str, source: str):
   if key not in hf_config:

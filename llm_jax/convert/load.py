@@ -21,7 +21,8 @@ kept), and 'unused' (checkpoint keys, as the file spells them, that this model d
 without, such as an MLM head when it classifies).
 """
 
-from typing import Any
+import os
+from typing import Any, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -36,6 +37,37 @@ SCANNED = 'layers'  # blocks.stack_blocks' name for the stacked layers
 
 def _path(keypath) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in keypath)
+
+
+class Pretrained(NamedTuple):
+  """A Hugging Face model in llm_jax: ``kind.module.apply({'params': params}, ids[B, T], ...)``."""
+  kind: Any                  # the ModelKind; kind.cfg is its TransformerConfig
+  params: Any
+  tokenizer: Optional[Any]   # llm_jax's 'pretrained' tokenizer of the directory (None if it has none)
+  report: dict               # load_params' report: 'restored', 'fresh', 'unused'
+
+
+def from_pretrained(source: str, head: Optional[str] = None, seed: int = 0, **overrides) -> Pretrained:
+  """A Hugging Face model directory or Hub id as an llm_jax model, its config taken from config.json:
+  ``head`` defaults to the checkpoint's own ('mlm' for BertForMaskedLM, 'none' for BertModel,
+  'classify' for BertForSequenceClassification); a head the checkpoint lacks starts from ``seed``.
+  ``overrides`` replace ``TransformerConfig`` fields (``dtype='bfloat16'``, ``attention_kernel``)."""
+  from llm_jax.data import tokenizers
+  from llm_jax.models import kinds
+  from llm_jax.models.layers import TransformerConfig
+  import flax.linen as nn
+  directory = hub.resolve(source, 'from_pretrained')
+  hf_config = hf.read_config(directory)
+  architecture, family = table.identify(hf_config, directory)
+  head = head or family.default_head(architecture)
+  cfg = TransformerConfig(**{**family.model_fields(hf_config, head, directory), **overrides})
+  kind = kinds.build(family.kind, cfg)
+  fresh = nn.meta.unbox(jax.jit(kind.init)(jax.random.key(seed), kind.example_batch(1, 8))['params'])
+  params, report = load_params(directory, kind, fresh, what='from_pretrained')
+  tokenizer = None
+  if any(os.path.exists(os.path.join(directory, f)) for f in ('tokenizer.json', 'vocab.txt')):
+    tokenizer = tokenizers.tokenizer_class('pretrained').train((), tokenizer_path=directory)
+  return Pretrained(kind, params, tokenizer, report)
 
 
 def load_params(source: str, kind, fresh_params, what: str = 'config.init_from') -> tuple[Any, dict]:

@@ -139,6 +139,14 @@ class Family:
     """The architecture an llm_jax model with ``head`` is written as."""
     raise NotImplementedError
 
+  def default_head(self, architecture: str) -> str:
+    """The llm_jax head of an ``architecture`` checkpoint (``from_pretrained``'s default)."""
+    raise NotImplementedError
+
+  def model_fields(self, hf_config: dict, head: str, source: str) -> dict:
+    """The ``TransformerConfig`` fields of config.json's model with ``head`` (``from_pretrained``)."""
+    raise NotImplementedError
+
   # ---- derived ------------------------------------------------------------------------------
 
   def rules(self, cfg: TransformerConfig, groups: Optional[tuple[str, ...]] = None) -> list[Rule]:

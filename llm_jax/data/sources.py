@@ -250,7 +250,7 @@ def _tfds_records(data_cfg, split: str) -> Iterable[Record]:
         f'\'llm_jax[tfds]\'), or use --config.data.dataset=embedded or files.') from None
   try:
     builder = tfds.builder(name, data_dir=data_cfg.data_dir or None)
-  except tfds.core.DatasetNotFoundError as e:
+  except tfds.core.DatasetNotFoundError:
     raise errors.DataError(f'config.data.dataset={name!r} is unknown: use one of {names()} or any '
                      "TFDS text dataset (e.g. 'tiny_shakespeare', 'lm1b').") from None
   _prepare(builder, data_cfg, tfds)

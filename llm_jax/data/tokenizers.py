@@ -27,7 +27,7 @@ that are not text (never chosen for masked-LM prediction).
   or a Hub id (``convert.hub.resolve``) holding tokenizer.json, or vocab.txt (a BERT
   WordPiece vocabulary; lowercased when tokenizer_config.json's do_lower_case is
   true or absent), or a directory a run saved a 'wordpiece' or 'pretrained'
-  tokenizer into. Its special tokens are named by special_tokens_map.json or
+  tokenizer into, or a run's workdir (its WORKDIR/data). Its special tokens are named by special_tokens_map.json or
   tokenizer_config.json, else found by BERT's names ([CLS], [SEP], [MASK], [PAD],
   [UNK]) or RoBERTa's (<s>, </s>, <mask>, <pad>, <unk>); eos is the eos token, else
   [SEP]; pad is 0 when the directory names none. The tokenizer's own truncation and
@@ -397,6 +397,10 @@ def _named_tokens(directory: str) -> dict[str, str]:
 def _pretrained_files(directory: str, what: str):
   """(Hugging Face tokenizer, {role: token}) from a model directory (module docstring)."""
   from tokenizers import Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers
+  run_data = os.path.join(directory, 'data')
+  if (not any(os.path.exists(os.path.join(directory, f)) for f in (SPEC_FILE, VOCAB_FILE))
+      and os.path.exists(os.path.join(run_data, SPEC_FILE))):
+    directory = run_data  # an llm_jax workdir: the tokenizer its run trained on (WORKDIR/data)
   spec = _json(os.path.join(directory, SPEC_FILE))
   if spec.get('hf_file'):  # a directory llm_jax saved a wordpiece or pretrained tokenizer into
     return _HuggingFace._read(directory, spec), dict(spec['special_tokens'])

@@ -58,6 +58,22 @@ def test_sequence_classification_matches_transformers(classifier):
   np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
 
 
+@pytest.mark.parametrize('which', ['mlm', 'classifier'])
+def test_from_pretrained_reads_the_config_and_gives_transformers_logits(mlm, classifier, which):
+  """convert.from_pretrained builds the model from config.json alone (config written out here
+  field by field is not involved) and gives the checkpoint's own head."""
+  model, directory = {'mlm': mlm, 'classifier': classifier}[which]
+  pretrained = convert.from_pretrained(str(directory), attention_kernel='xla')  # as refs.bert_cfg
+  assert pretrained.kind.cfg == refs.bert_cfg(model.config, pretrained.kind.cfg.head)
+  assert pretrained.kind.cfg.head == {'mlm': 'mlm', 'classifier': 'classify'}[which]
+  assert pretrained.tokenizer is None and pretrained.report['fresh'] == []
+  ids, mask, types = refs.padded_batch()
+  got = refs.ours(pretrained.kind, pretrained.params, ids, mask, types)
+  want = refs.theirs(model, ids, mask, types).logits.numpy()
+  real = mask.astype(bool) if which == 'mlm' else slice(None)
+  assert refs.max_diff(got[real], want[real]) < refs.TOLERANCE
+
+
 def test_classifier_over_an_mlm_checkpoint_starts_fresh(mlm):
   model, directory = mlm
   kind, fresh = refs.build(model.config, 'classify', num_classes=3)

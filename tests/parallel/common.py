@@ -32,9 +32,20 @@ def overrides(tmp: pathlib.Path) -> dict:
   }
 
 
-def config(tmp: pathlib.Path, **extra):
+# The encoder (BERT layout, masked LM) on the same corpus, shapes and steps: a trained WordPiece
+# of 144 pieces, which 8 divides, so tensor=8 splits its vocabulary (the decoder's it does not).
+ENCODER_VOCAB = 144
+ENCODER = {'model.kind': 'encoder', 'model.head': 'mlm', 'model.type_vocab_size': 2, 'model.embed_norm': True,
+           'model.norm_placement': 'post', 'model.mlp_activation': 'gelu_exact',
+           'data.tokenizer': 'wordpiece', 'data.vocab_size': ENCODER_VOCAB}
+
+
+def config(tmp: pathlib.Path, kind: str = 'decoder', **extra):
   from llm_jax import config as config_lib
-  return config_lib.from_file(str(ROOT / 'configs' / 'default.py'), **{**overrides(tmp), **extra})
+  base = overrides(tmp)
+  if kind == 'encoder':
+    base.update(ENCODER, **{'data.cache_dir': str(tmp / 'cache_encoder')})
+  return config_lib.from_file(str(ROOT / 'configs' / 'default.py'), **{**base, **extra})
 
 
 def cpu_env(devices: int, **extra) -> dict:

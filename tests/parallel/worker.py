@@ -1,6 +1,6 @@
 """On 8 simulated CPU devices: every strategy and pmap train the shared run; restore across meshes.
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.parallel.worker OUT_DIR
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.parallel.worker OUT_DIR [encoder]
 
 (started by tests/parallel/conftest.py). Writes OUT_DIR/results.json, one entry per
 run: the per-step losses, the per-device and replicated bytes of params + optimizer
@@ -13,6 +13,9 @@ OUT_DIR/ckpt_fsdp_tensor; the 1-device pytest process restores both.
 Every run starts from the same initial state: the first ('fsdp') initializes it on its
 mesh, the others receive it with ``jax.device_put`` onto their own shardings, so each
 strategy compiles its train step and not the (slower to compile) init again.
+
+With ``encoder`` it trains the encoder (masked LM) under ENCODER_RUNS instead and writes
+OUT_DIR/results_encoder.json and OUT_DIR/init_encoder.npz (no checkpoints).
 """
 
 import json
@@ -30,6 +33,7 @@ from tests.parallel import common
 
 RUNS = ('fsdp', 'data', 'tensor', 'data_fsdp', 'fsdp_tensor', 'data_fsdp_tensor', 'pmap')
 EVALUATED = ('fsdp_tensor', 'pmap')
+ENCODER_RUNS = ('fsdp', 'data', 'tensor', 'data_fsdp_tensor', 'pmap')
 
 
 def describe(state) -> dict:
@@ -40,19 +44,21 @@ def describe(state) -> dict:
               bytes_replicated=sum(x.nbytes for x in jax.tree.leaves(both)), shards=shards)
 
 
-def run(name: str, tmp: pathlib.Path, out: pathlib.Path, shared: dict) -> dict:
+def run(name: str, tmp: pathlib.Path, out: pathlib.Path, shared: dict, kind: str = 'decoder') -> dict:
   extra = {'parallelism': 'pmap'} if name == 'pmap' else parallel.strategy_overrides(name)
-  config = common.config(tmp, **extra)
-  trainer = loop.build_trainer(config, str(tmp / 'work'))
+  config = common.config(tmp, kind, **extra)
+  trainer = loop.build_trainer(config, str(tmp / f'work_{kind}'))
+  suffix = '' if kind == 'decoder' else f'_{kind}'
+  decoder = kind == 'decoder'
   result = dict(mesh=dict(trainer.mesh.shape))
   with trainer.context():
     if 'init' not in shared:
       state = trainer.init()
       shared['init'] = jax.device_get(state)
-      np.savez(out / 'init.npz', **common.flatten(state))
+      np.savez(out / f'init{suffix}.npz', **common.flatten(state))
     else:
       state = jax.device_put(shared['init'], trainer.state_shardings)
-    if name == 'fsdp_tensor':
+    if decoder and name == 'fsdp_tensor':
       result['restore'] = restore_here(trainer, out)
     result.update(describe(state))
     losses = []
@@ -62,7 +68,7 @@ def run(name: str, tmp: pathlib.Path, out: pathlib.Path, shared: dict) -> dict:
     result['losses'] = losses
     if name in EVALUATED:
       result['eval_loss'] = trainer.evaluate(state.params)['eval_loss']
-    if name == 'fsdp':
+    if decoder and name == 'fsdp':
       save(state, out / 'ckpt_fsdp', config)
       np.savez(out / 'fsdp_trained.npz', **common.flatten(state))
   return result
@@ -88,20 +94,21 @@ def restore_here(trainer, out: pathlib.Path) -> dict:
   return dict(unequal=unequal, compared=len(saved.files), on_target_shardings=all(placed))
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, kind: str = 'decoder') -> None:
   out = pathlib.Path(out_dir)
   tmp = out / 'tmp'
   tmp.mkdir(parents=True, exist_ok=True)
   assert jax.device_count() == 8, f'needs 8 devices, got {jax.device_count()} (set XLA_FLAGS)'
   results, shared = {}, {}
-  for name in RUNS:
+  suffix = '' if kind == 'decoder' else f'_{kind}'
+  for name in (RUNS if kind == 'decoder' else ENCODER_RUNS):
     try:
-      results[name] = run(name, tmp, out, shared)
+      results[name] = run(name, tmp, out, shared, kind)
     except Exception:  # pylint: disable=broad-except
       results[name] = dict(error=traceback.format_exc())
-    print(f'[worker] {name}: {results[name].get("losses", "error")}', flush=True)
-    (out / 'results.json').write_text(json.dumps(results, indent=1))
+    print(f'[worker] {kind} {name}: {results[name].get("losses", "error")}', flush=True)
+    (out / f'results{suffix}.json').write_text(json.dumps(results, indent=1))
 
 
 if __name__ == '__main__':
-  main(sys.argv[1])
+  main(*sys.argv[1:])

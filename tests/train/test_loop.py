@@ -10,6 +10,7 @@ import pytest
 
 from llm_jax import checkpoint as ckpt_lib
 from llm_jax import config as config_lib
+from llm_jax.data import features
 from llm_jax.data import pipeline
 from llm_jax.train import loop
 
@@ -48,19 +49,25 @@ def straight(tmp_path_factory):
 
 
 def _record_batches(fn):
+  """{step: hash of its batch} of the batches ``fn`` trains on (packed rows and whole examples)."""
   seen = {}
-  original = pipeline.Dataset.train_batch
+  classes = (pipeline.Dataset, features.ExampleDataset)
+  originals = [cls.__dict__['train_batch'] for cls in classes]
 
-  def recording(self, step):
-    batch = original(self, step)
-    seen[step] = hashlib.sha256(b''.join(np.ascontiguousarray(v).tobytes() for v in batch.values())).hexdigest()
-    return batch
+  def recorder(original):
+    def recording(self, step):
+      batch = original(self, step)
+      seen[step] = hashlib.sha256(b''.join(np.ascontiguousarray(v).tobytes() for v in batch.values())).hexdigest()
+      return batch
+    return recording
 
-  pipeline.Dataset.train_batch = recording
+  for cls, original in zip(classes, originals):
+    cls.train_batch = recorder(original)
   try:
     fn()
   finally:
-    pipeline.Dataset.train_batch = original
+    for cls, original in zip(classes, originals):
+      cls.train_batch = original
   return seen
 
 
@@ -113,3 +120,27 @@ def test_bad_config_fails_before_compiling(tmp_path):
     loop.train_and_evaluate(tiny_config(tmp_path, **{'data.dataset': 'no_such_dataset_xyz'}), str(tmp_path / 'x'))
   with pytest.raises(ValueError, match='config.data.tokenizer'):
     loop.train_and_evaluate(tiny_config(tmp_path, **{'data.tokenizer': 'no_such_tokenizer'}), str(tmp_path / 'x'))
+
+
+ENCODER = {'model.kind': 'encoder', 'model.type_vocab_size': 2, 'model.embed_norm': True,
+           'model.norm_placement': 'post', 'model.mlp_activation': 'gelu_exact',
+           'data.tokenizer': 'wordpiece', 'data.vocab_size': 200, 'train.steps': 12}
+
+
+@pytest.mark.parametrize('head, extra', [
+    ('mlm', {}),  # masks drawn from (seed, step, row), dropout on
+    ('classify', {'data.dataset': 'shuffled', 'data.files': '', 'data.max_documents': 40, 'model.num_classes': 2}),
+])
+def test_encoder_resume_is_bitwise_exact(tmp_path, head, extra):
+  """The encoder's masks and the classifier's epoch order survive a stop at step 5: the
+  resumed run's batches, losses and final parameters equal one straight run's."""
+  config = lambda d, **more: tiny_config(d, **{**ENCODER, 'model.head': head, **extra, **more})
+  straight_dir = tmp_path / 'straight'
+  straight_seen = _record_batches(lambda: loop.train_and_evaluate(config(tmp_path), str(straight_dir)))
+  workdir = str(tmp_path / 'run')
+  first = _record_batches(lambda: loop.train_and_evaluate(config(tmp_path, **{'train.stop_at': 5}), workdir))
+  second = _record_batches(lambda: loop.train_and_evaluate(config(tmp_path), workdir))
+  assert sorted(first) == list(range(5)) and sorted(second) == list(range(5, 12))
+  assert {**first, **second} == straight_seen
+  assert losses(workdir) == losses(straight_dir) and len(losses(workdir)) == 12
+  jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(straight_dir))

@@ -1,11 +1,9 @@
 """Loss, schedule, decay mask and gradient accumulation against direct formulas."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import optax
 
 from llm_jax import config as config_lib
 from llm_jax.data.synthetic import SyntheticDataset
