@@ -23,9 +23,9 @@ def get_config():
   config.model.dropout_rate = 0.0     # minutes of training on 2 MB of text: nothing to regularize yet
   config.data.dataset = 'embedded'
   config.data.tokenizer = 'wordpiece'
-  config.data.vocab_size = 4000
+  config.data.vocab_size = 1000       # 2 MB of text: a small vocabulary learns its context sooner
   config.data.seq_len = 128
-  config.train.steps = 1200
+  config.train.steps = 2000
   config.train.batch_size = 32
   config.train.learning_rate = 2e-3
   config.train.warmup_steps = 100
@@ -33,8 +33,8 @@ def get_config():
   config.train.end_learning_rate = 0.0
   config.train.weight_decay = 0.01
   config.train.b2 = 0.999
-  config.eval.every_steps = 400
+  config.eval.every_steps = 500
   config.eval.max_batches = 20
-  config.checkpoint.every_steps = 400
+  config.checkpoint.every_steps = 500
   config.log_every_steps = 50
   return config

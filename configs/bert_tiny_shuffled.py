@@ -25,6 +25,7 @@ def get_config():
   config.data.max_documents = 2000     # labelled sentences for training (the eval split keeps its own)
   config.data.tokenizer = 'pretrained'  # the pretraining run's vocabulary: --config.data.tokenizer_path
   config.data.seq_len = 64
+  config.model.max_len = 128           # bert_tiny's position table (it pretrains at seq_len 128)
   config.train.steps = 300
   config.train.batch_size = 32
   config.train.learning_rate = 5e-4
