@@ -8,10 +8,11 @@ reused, an interrupted one resumes):
 1. ``configs/bert_tiny.py`` into OUT/pretrain (masked LM). Its eval MLM loss is set against
    the unigram entropy of the masked tokens, H = -sum_v p(v) log p(v) over the targets of
    the eval batches: a model that learned nothing beyond token frequencies scores H.
-2. ``configs/bert_tiny_shuffled.py`` into OUT/finetune, from OUT/pretrain's parameters and
-   tokenizer (its classifier head starts fresh);
-3. the same into OUT/scratch without init_from (same tokenizer, same labelled examples);
+2. ``configs/bert_tiny_shuffled.py`` into OUT/finetune_lrLR, from OUT/pretrain's parameters
+   and tokenizer (its classifier head starts fresh), at each learning rate of ``--finetune_lrs``;
+3. the same into OUT/scratch_lrLR without init_from (same tokenizer, same labelled examples);
 4. the majority class of the eval split.
+Each of fine-tuned and from-scratch is judged by its best learning rate (final eval accuracy).
 Writes OUT/results.json and OUT/results.md; the last line printed is the JSON.
 """
 
@@ -31,6 +32,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('out', 'runs/bert_tiny_finetune', 'Output directory (one workdir per run inside).')
 flags.DEFINE_integer('pretrain_steps', 0, 'Override configs/bert_tiny.py train.steps (0: keep).')
 flags.DEFINE_integer('finetune_steps', 0, 'Override configs/bert_tiny_shuffled.py train.steps (0: keep).')
+flags.DEFINE_list('finetune_lrs', ['1e-4', '5e-4'], 'Learning rates for fine-tuning and from scratch alike.')
 
 
 def _train(config: str, workdir: pathlib.Path, *flags_):
@@ -79,19 +81,25 @@ def main(argv):
   fine_flags = [f'--config.train.steps={FLAGS.finetune_steps}'] if FLAGS.finetune_steps else []
   pretrain = _train('bert_tiny.py', out / 'pretrain', *pre_flags)
   tokenizer = [f'--config.data.tokenizer_path={out / "pretrain"}']
-  finetune = _train('bert_tiny_shuffled.py', out / 'finetune', f'--config.init_from={out / "pretrain"}',
-                    *tokenizer, *fine_flags)
-  scratch = _train('bert_tiny_shuffled.py', out / 'scratch', *tokenizer, *fine_flags)
+  finetune, scratch = {}, {}
+  for lr in FLAGS.finetune_lrs:
+    lr_flags = [f'--config.train.learning_rate={lr}', *tokenizer, *fine_flags]
+    finetune[lr] = _train('bert_tiny_shuffled.py', out / f'finetune_lr{lr}', f'--config.init_from={out / "pretrain"}',
+                          *lr_flags)
+    scratch[lr] = _train('bert_tiny_shuffled.py', out / f'scratch_lr{lr}', *lr_flags)
   entropy = _masked_token_entropy(out / 'pretrain')
+  evals = lambda row: {k: v for k, v in row.items() if k.startswith('eval_')}
+  best = lambda runs: max(runs, key=lambda lr: runs[lr]['eval_accuracy'])
   result = dict(
       pretrain=dict(eval_loss=pretrain['eval_loss'], eval_mlm_accuracy=pretrain.get('eval_mlm_accuracy'),
                     masked_token_unigram_entropy=round(entropy, 4),
                     nats_below_unigram=round(entropy - pretrain['eval_loss'], 4)),
-      finetune={k: v for k, v in finetune.items() if k.startswith('eval_')},
-      scratch={k: v for k, v in scratch.items() if k.startswith('eval_')},
-      majority_class_accuracy=round(_majority(out / 'finetune'), 4))
+      finetune={lr: evals(r) for lr, r in finetune.items()}, scratch={lr: evals(r) for lr, r in scratch.items()},
+      best_finetune_lr=best(finetune), best_scratch_lr=best(scratch),
+      majority_class_accuracy=round(_majority(out / f'finetune_lr{FLAGS.finetune_lrs[0]}'), 4))
   (out / 'results.json').write_text(json.dumps(result, indent=1))
-  rows = [('pretrained, then fine-tuned', result['finetune']), ('from scratch', result['scratch'])]
+  rows = [(f'pretrained, then fine-tuned, lr {lr}', r) for lr, r in finetune.items()]
+  rows += [(f'from scratch, lr {lr}', r) for lr, r in scratch.items()]
   table = ['| model | eval accuracy | eval F1 | eval MCC |', '|---|---|---|---|']
   table += [f'| {name} | {r.get("eval_accuracy", math.nan):.4f} | {r.get("eval_f1", math.nan):.4f} | '
             f'{r.get("eval_mcc", math.nan):.4f} |' for name, r in rows]
