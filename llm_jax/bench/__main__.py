@@ -17,7 +17,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The command line's flags; defined on demand, so that importing this module (as
-  bench_decode and bench_sweep do) never defines them twice."""
+  the decode and sweep modules do) never defines them twice."""
   config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
   flags.DEFINE_enum('mode', 'train', MODES, 'What to measure (see the module docstring).')
   flags.DEFINE_integer('steps', 10, 'Timed train steps per round.')

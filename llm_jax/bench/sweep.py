@@ -12,7 +12,7 @@ full) and PREFIX.md.
 Memory scaling compiles the train step (nothing runs) for one config twice: on one
 device, and on a mesh with fsdp = N devices (data = tensor = 1). A process sees a fixed
 number of devices, so a count this process does not have is measured in a child
-process on N simulated CPU devices (``python -m llm_jax.bench_sweep CONFIG_JSON``).
+process on N simulated CPU devices (``python -m llm_jax.bench.memory CONFIG_JSON VOCAB``, in memory.py).
 """
 
 import json
