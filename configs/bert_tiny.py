@@ -1,8 +1,11 @@
-"""A tiny BERT (masked-LM pretraining) on the embedded corpus: 2000 steps in 12-25 minutes on 2 CPU cores.
+"""A tiny BERT (masked-LM pretraining) on the embedded corpus: 600 steps in 4-8 minutes on 2 CPU cores.
 
 BERT's layout at small shapes: 4 post-LN layers, width 128, 4 heads, exact GELU, token-type
-embeddings and an embedding norm; a WordPiece vocabulary trained on the corpus; 15% of
-the tokens chosen for prediction (80% [MASK], 10% random, 10% kept).
+embeddings and an embedding norm, but rotary positions (not exportable as a BertModel; with
+--config.model.pos_encoding=learned it is, and learns context far more slowly: 0.83 nats below
+the unigram entropy after 2000 steps, against 2.2 after 500 with rotary positions); a WordPiece
+vocabulary trained on the corpus; 15% of the tokens chosen for prediction (80% [MASK], 10%
+random, 10% kept).
 
   python -m llm_jax.main --config=configs/bert_tiny.py --workdir=runs/bert_tiny
 
@@ -20,12 +23,13 @@ def get_config():
   config.model.num_layers = 4
   config.model.num_heads = 4
   config.model.emb_dim = 128
+  config.model.pos_encoding = 'rope'   # rotary positions (as ModernBERT): learned ones take thousands of steps to be used
   config.model.dropout_rate = 0.0     # minutes of training on 2 MB of text: nothing to regularize yet
   config.data.dataset = 'embedded'
   config.data.tokenizer = 'wordpiece'
   config.data.vocab_size = 1000       # 2 MB of text: a small vocabulary learns its context sooner
   config.data.seq_len = 128
-  config.train.steps = 2000
+  config.train.steps = 600
   config.train.batch_size = 32
   config.train.learning_rate = 2e-3
   config.train.warmup_steps = 100
@@ -33,8 +37,8 @@ def get_config():
   config.train.end_learning_rate = 0.0
   config.train.weight_decay = 0.01
   config.train.b2 = 0.999
-  config.eval.every_steps = 500
+  config.eval.every_steps = 300
   config.eval.max_batches = 20
-  config.checkpoint.every_steps = 500
+  config.checkpoint.every_steps = 300
   config.log_every_steps = 50
   return config
