@@ -65,7 +65,7 @@ def from_pretrained(source: str, head: Optional[str] = None, seed: int = 0, **ov
   fresh = nn.meta.unbox(jax.jit(kind.init)(jax.random.key(seed), kind.example_batch(1, 8))['params'])
   params, report = load_params(directory, kind, fresh, what='from_pretrained')
   tokenizer = None
-  if any(os.path.exists(os.path.join(directory, f)) for f in ('tokenizer.json', 'vocab.txt')):
+  if any(os.path.exists(os.path.join(directory, f)) for f in (tokenizers.SPEC_FILE, tokenizers.VOCAB_FILE)):
     tokenizer = tokenizers.tokenizer_class('pretrained').train((), tokenizer_path=directory)
   return Pretrained(kind, params, tokenizer, report)
 

@@ -14,6 +14,7 @@ expands them for ``cfg.num_layers`` layers. Paths are llm_jax's unrolled layout
 stacked and unstacked by the plumbing.
 """
 
+import abc
 import dataclasses
 import importlib
 import math
@@ -102,9 +103,9 @@ def field(key: str, ours, theirs, fix_value=None, close: bool = False) -> list[M
 
 # ----------------------------------------------------------------------------- families
 
-class Family:
+class Family(abc.ABC):
   """One Hugging Face model type as a table (see the module docstring). Subclasses fill in
-  the class attributes and the three methods below."""
+  the class attributes and the abstract methods below."""
   model_type: ClassVar[str]
   kind: ClassVar[str]                          # the llm_jax model kind it converts to and from
   prefix: ClassVar[str]                        # the base model's key prefix inside a model with a head
@@ -114,38 +115,38 @@ class Family:
   renames: ClassVar[tuple[tuple[str, str], ...]] = ()  # old key spellings -> the current ones
   tokenizer_class: ClassVar[str] = 'PreTrainedTokenizerFast'  # tokenizer_config.json's, when export writes one
 
+  @abc.abstractmethod
   def layer_rules(self) -> list[Rule]:
     """Rules with '{i}', one set per layer."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def other_rules(self) -> list[Rule]:
     """Rules outside the layers: embeddings, final norms, heads."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def mismatches(self, hf_config: dict, cfg: TransformerConfig, architecture: str,
                  source: str) -> list[Mismatch]:
     """How ``cfg`` differs from the checkpoint's config.json (empty: it fits)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def unfit(self, cfg: TransformerConfig) -> list[str]:
     """What in ``cfg`` this family cannot express (export); empty when it can."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def hf_config(self, cfg: TransformerConfig, architecture: str) -> dict:
     """config.json for a model of ``cfg`` exported as ``architecture``."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def export_architecture(self, head: str) -> str:
     """The architecture an llm_jax model with ``head`` is written as."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def default_head(self, architecture: str) -> str:
     """The llm_jax head of an ``architecture`` checkpoint (``from_pretrained``'s default)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def model_fields(self, hf_config: dict, head: str, source: str) -> dict:
     """The ``TransformerConfig`` fields of config.json's model with ``head`` (``from_pretrained``)."""
-    raise NotImplementedError
 
   # ---- derived ------------------------------------------------------------------------------
 

@@ -31,10 +31,7 @@ class DecoderLM(nn.Module):
   def __call__(self, inputs, positions=None, segment_ids=None, deterministic: bool = True,
                return_hidden: bool = False):
     cfg = self.cfg
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(inputs.shape[1], dtype=jnp.int32), inputs.shape)
-    if segment_ids is None:
-      segment_ids = jnp.ones_like(inputs, dtype=jnp.int32)
+    positions, segment_ids = layers.default_positions(inputs, positions, segment_ids)
     x, embed = layers.embed_inputs(cfg, inputs, positions, None, deterministic)
     # Built once for every layer; in decode mode each layer's cache builds its own.
     mask = None if cfg.decode else layers.attention_mask(segment_ids, segment_ids, positions, positions, True)

@@ -53,10 +53,7 @@ class EncoderModel(nn.Module):
   def __call__(self, inputs, positions=None, segment_ids=None, token_types=None, deterministic: bool = True,
                mlm_positions=None):
     cfg = self.cfg
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(inputs.shape[1], dtype=jnp.int32), inputs.shape)
-    if segment_ids is None:
-      segment_ids = jnp.ones_like(inputs, dtype=jnp.int32)
+    positions, segment_ids = layers.default_positions(inputs, positions, segment_ids)
     x, embed = layers.embed_inputs(cfg, inputs, positions, token_types, deterministic)
     mask = layers.attention_mask(segment_ids, segment_ids, positions, positions, False)
     x = blocks.stack_blocks(cfg, x, positions=positions, segment_ids=segment_ids, mask=mask,

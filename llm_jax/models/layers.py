@@ -148,6 +148,15 @@ class Embed(nn.Module):
     return self.embedding.T
 
 
+def default_positions(inputs, positions=None, segment_ids=None):
+  """(positions, segment_ids) of ``inputs[B, T]``: those given, else 0..T-1 per row and one segment."""
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(inputs.shape[1], dtype=jnp.int32), inputs.shape)
+  if segment_ids is None:
+    segment_ids = jnp.ones_like(inputs, dtype=jnp.int32)
+  return positions, segment_ids
+
+
 def embed_inputs(cfg: 'TransformerConfig', inputs, positions, token_types, deterministic: bool):
   """(x [B, T, D], the token Embed): token embedding + additive positions + token types,
   then ``embed_norm`` and dropout. Call it inside a compact module: its submodules
