@@ -1,5 +1,10 @@
 """llm_jax: GPT, BERT and T5 language models in JAX/Flax.
 
+  model = llm_jax.from_pretrained('runs/shakespeare')     # a run's workdir, or a Hugging Face model
+  sequences = llm_jax.generate(model, input_ids, max_length=50, num_beams=5, early_stopping=True)
+
+(``generation.generate`` and ``pretrained.from_pretrained``, imported on first use.)
+
 Importing the package sets XLA:CPU defaults before JAX starts its backend; each only
 touches the CPU backend, and each was measured on 2 CPU cores (``python -m
 llm_jax.bench``, README "Benchmarks and results"):
@@ -53,3 +58,15 @@ def _set_xla_cpu_defaults() -> None:
 
 
 _set_xla_cpu_defaults()
+
+
+def __getattr__(name: str):
+  """``llm_jax.generate`` and ``llm_jax.from_pretrained``, imported when first used (so that importing
+  llm_jax starts no JAX backend before the defaults above are set)."""
+  if name == 'generate':
+    from llm_jax.generation import api
+    return api.generate
+  if name == 'from_pretrained':
+    from llm_jax import pretrained
+    return pretrained.from_pretrained
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

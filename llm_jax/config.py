@@ -142,12 +142,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep_best_mode = 'min'          # 'min' | 'max': which end of keep_best_metric is best
   c.checkpoint.fallback = False   # a corrupt newest checkpoint: False = stop with an error, True = set it aside, use the previous
 
-  c.sample = ml_collections.ConfigDict()
+  c.sample = ml_collections.ConfigDict()  # decoding for the samples a run prints and `python -m llm_jax.sample`
   c.sample.prompt = ''            # if set, sample this prompt at the end of training
+  c.sample.eval_prompts = ''      # '|'-separated prompts decoded at every evaluation: WORKDIR/samples.jsonl and
+                                  # TensorBoard's text tab ('' = none; decoder models)
   c.sample.max_new_tokens = 200
-  c.sample.temperature = 0.8
-  c.sample.top_k = 0
-  c.sample.top_p = 1.0
+  c.sample.temperature = 0.8      # 0: greedy
+  c.sample.top_k = 0              # keep the k most likely tokens (0: off)
+  c.sample.top_p = 1.0            # nucleus mass (1: off)
+  c.sample.num_beams = 1          # > 1: beam search, greedy (temperature, top_k and top_p are for 1 beam)
+  c.sample.length_penalty = 1.0   # beam scores are sum log p / length ** length_penalty
+  c.sample.early_stopping = 'false'  # beam search: 'true' | 'false' | 'never' (Hugging Face's meanings)
   return c
 
 
@@ -246,6 +251,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   if t.warmup_steps < 0:
     raise ConfigError(f'config.train.warmup_steps={t.warmup_steps} must be >= 0.')
   max_len = m.max_len if m.max_len != -1 else d.seq_len
+  _validate_sample(config, max_len)
   if config.sample.prompt and config.sample.max_new_tokens >= max_len:
     raise ConfigError(f'config.sample.max_new_tokens={config.sample.max_new_tokens} leaves no room for the prompt '
                       f'in {max_len} positions (config.model.max_len); lower it below {max_len}.')
@@ -294,6 +300,26 @@ def _validate_memory(config: ml_collections.ConfigDict, num_devices: int) -> Non
         f'{m.num_layers if m.remat == "none" else 1} layer(s) kept for the backward pass), more than the '
         f'{_gib(have)} a device has here; lower data.seq_len or train.batch_size, or raise '
         f'train.micro_batches or set model.remat=full.')
+
+
+def _validate_sample(config: ml_collections.ConfigDict, max_len: int) -> None:
+  """ConfigError for decoding settings that cannot run (``generation.api.check`` says which)."""
+  s = config.sample
+  _one_of('sample.early_stopping', str(s.early_stopping).lower(), ('true', 'false', 'never'))
+  if not (s.prompt or s.eval_prompts):
+    return
+  if config.model.kind != 'decoder':
+    raise ConfigError(f'config.sample.prompt / eval_prompts decode text, which model.kind={config.model.kind!r} '
+                      'does not; leave them empty.')
+  from llm_jax.generation import api
+  settings = api.Settings(max_new_tokens=s.max_new_tokens, num_beams=s.num_beams,
+                          temperature=s.temperature if s.num_beams == 1 else 0.0,
+                          top_k=s.top_k, top_p=s.top_p, length_penalty=s.length_penalty,
+                          early_stopping={'true': True, 'false': False}.get(str(s.early_stopping).lower(), 'never'))
+  try:
+    api.check(max_len, (1, 1), settings)
+  except ValueError as e:
+    raise ConfigError(f'config.sample: {e}') from None
 
 
 def _validate_checkpoint(config: ml_collections.ConfigDict) -> None:

@@ -109,6 +109,10 @@ def test_sample_mistakes_are_one_line(tmp_path, tiny_args):
   empty = one_line(_run('sample', f'--workdir={tmp_path}'), errors.USAGE)
   assert 'holds no training run (no config.json)' in empty
   assert '--workdir is required' in one_line(_run('sample'), errors.USAGE)
+  assert 'does not exist; give a training run' in one_line(_run('sample', f'--model={tmp_path / "nope"}'),
+                                                           errors.USAGE)
+  assert 'has no config.json: a Hugging Face model directory' in one_line(_run('sample', f'--model={tmp_path}'),
+                                                                          errors.USAGE)
   # a run that has not saved yet: its record is there, its checkpoint not
   (tmp_path / 'run').mkdir()
   (tmp_path / 'run' / 'config.json').write_text(config_lib.from_file(DEFAULT).to_json())
@@ -133,10 +137,18 @@ def test_sample_of_a_trained_run_and_its_mistakes(trained, tiny_args):
   assert ok.returncode == 0, ok.stderr[-3000:]
   assert ok.stdout.startswith('--- sample 1/1\nthe fox ☃')
   assert "the prompt has 1 character(s) the char tokenizer never saw in training ('☃' ×1)" in ok.stderr
-  for flag, fragment in (('--temperature=-1', 'temperature=-1.0 must be >= 0'),
-                         ('--num_samples=0', '--num_samples=0 must be at least 1'),
-                         ('--max_new_tokens=500', 'exceeds the model\'s max_len 32')):
-    assert fragment in one_line(_run('sample', f'--workdir={workdir}', flag), errors.USAGE), flag
+  beams = _run('sample', f'--model={workdir}', '--prompt=the', '--max_length=12', '--num_beams=3',
+               '--early_stopping=never', '--length_penalty=0.5', '--num_return_sequences=2')
+  assert beams.returncode == 0, beams.stderr[-3000:]
+  assert beams.stdout.startswith('--- sample 1/2 (score -') and '--- sample 2/2 (score -' in beams.stdout
+  for flags, fragment in ((['--temperature=-1'], 'temperature=-1.0 must be >= 0'),
+                          (['--num_samples=0'], '--num_samples=0 must be at least 1'),
+                          (['--max_new_tokens=500'], "max_new_tokens 500 = 501 exceed the model's 32 positions"),
+                          (['--num_beams=0'], 'num_beams=0 must be at least 1'),
+                          (['--num_beams=2', '--num_return_sequences=3'], 'num_return_sequences=3 is more than'),
+                          (['--prompt=abc', '--max_length=3'], '--max_length=3 leaves no room after the prompt'),
+                          (['--early_stopping=maybe'], '--early_stopping')):
+    assert fragment in one_line(_run('sample', f'--workdir={workdir}', *flags), errors.USAGE), flags
   _, args = tiny_args
   resumed_wrong = one_line(_run('main', *args, f'--workdir={workdir}', '--config.model.num_layers=3'),
                            errors.CHECKPOINT)

@@ -1,4 +1,4 @@
-"""Decoding speed: ``generate`` (KV cache) against ``generate_no_cache`` (full recomputation).
+"""Decoding speed: ``generation.decode`` (KV cache) against ``reference.decode_no_cache`` (full recomputation).
 
 For each batch size B: random parameters of the config's model (no checkpoint), a
 random prompt of P tokens per row, greedy decoding (temperature 0) of N new tokens.
@@ -10,9 +10,9 @@ after a warm-up call that compiles:
 * ``tokens_per_sec``: B·N / time of the N-token call;
 * ``speedup_vs_no_cache``: no-cache N-token time / cached N-token time.
 
-``generate`` is one compiled program (prefill, then ``lax.scan`` over tokens), so the
+``decode`` is one compiled program (prefill, then a ``lax.while_loop`` over tokens), so the
 pieces are separated by timing two calls rather than from inside. The no-cache
-reference runs a full forward pass over its [B, max_len] buffer per token, the same
+reference runs a full forward pass over its [B, P + N] buffer per token, the same
 cost at every position, so with ``no_cache_max_tokens`` < N only that many tokens are
 timed and the N-token time is extrapolated from the per-token cost
 (``no_cache_extrapolated`` says so). The cached and the recomputed tokens must be
@@ -34,7 +34,8 @@ import numpy as np
 
 from llm_jax import config as config_lib
 from llm_jax import errors
-from llm_jax import generate as gen
+from llm_jax.generation import api as gen_api
+from llm_jax.generation import reference
 from llm_jax.models import kinds
 
 
@@ -74,15 +75,16 @@ def benchmark_decoding(config, *, batch_sizes=(1, 64), new_tokens: int = 256, pr
     model_cfg = dataclasses.replace(model_cfg, max_len=prompt_len + new_tokens)
   kind = config.model.kind
   params = random_params(model_cfg, kind, config.seed)
+  built = kinds.build(kind, model_cfg)
   n_timed = new_tokens if no_cache_max_tokens <= 0 else max(2, min(new_tokens, no_cache_max_tokens))
   rows = {}
   for b in batch_sizes:
     prompt = np.random.default_rng(b).integers(2, vocab, (b, prompt_len), dtype=np.int32)
     rng = jax.random.key(config.seed)
-    cached = lambda n, prompt=prompt, rng=rng: gen.generate(
-        model_cfg, params, prompt, max_new_tokens=n, rng=rng, temperature=0.0, kind=kind)
-    recomputed = lambda n, prompt=prompt, rng=rng: gen.generate_no_cache(
-        model_cfg, params, prompt, max_new_tokens=n, rng=rng, temperature=0.0, kind=kind)
+    cached = lambda n, prompt=prompt, rng=rng: gen_api.decode(
+        built, params, prompt, max_new_tokens=n, rng=rng).tokens[:, 0]
+    recomputed = lambda n, prompt=prompt, rng=rng: reference.decode_no_cache(
+        built, params, prompt, max_new_tokens=n, rng=rng)
     start = time.perf_counter()
     jax.block_until_ready((cached(1), cached(new_tokens)))
     compile_s = time.perf_counter() - start

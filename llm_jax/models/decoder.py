@@ -8,11 +8,15 @@ output projection, so a loss can form the logits a slice at a time
 never attend to each other; segment id 0 is padding. In decode mode (``cfg.decode``)
 each call appends to the KV cache.
 
+``DecoderKind.start_decoding`` is the adapter ``llm_jax.generation`` decodes through:
+one prefill of the (left-padded) prompts, then one token per call.
+
 ``DecoderKind`` is its seam (``kinds``): a batch of packed rows (``kinds.token_schema``)
 and the next-token cross-entropy (``objectives.causal_lm``).
 """
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from llm_jax.models import axes
@@ -81,7 +85,35 @@ class DecoderKind(kinds.ModelKind):
     loss = sums['nll_sum'] / jnp.maximum(sums['weight_sum'], 1.0)
     return {f'{prefix}loss': loss, f'{prefix}perplexity': jnp.exp(jnp.minimum(loss, 50.0))}
 
-  def decode_module(self) -> nn.Module:
-    """The same model in decode mode (a KV cache; ``generate``)."""
-    return DecoderLM(self.cfg.replace(decode=True))
+  def start_decoding(self, params, prompt, lengths, cache_len: int) -> kinds.Decoding:
+    """Prefills a KV cache of ``cache_len`` slots per row with ``prompt`` int32[B, P], left-padded:
+    row b's tokens are its last ``lengths[b]`` (>= 1) entries; padding gets segment id 0 and is
+    never attended to, and each row's positions start at 0 on its first token (as Hugging
+    Face derives them from the attention mask). Call it under ``jax.jit``."""
+    cfg = self.cfg.replace(decode=True, cache_len=cache_len)
+    model = DecoderLM(cfg)
+    b, p = prompt.shape
+    lengths = jnp.asarray(lengths, jnp.int32)
+    start = (p - lengths)[:, None]
+    index = jnp.arange(p, dtype=jnp.int32)[None, :]
+    segment_ids = (index >= start).astype(jnp.int32)
+    positions = jnp.maximum(index - start, 0)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((b, cache_len), jnp.int32))['cache']
+    empty = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
+    def forward(cache, tokens, positions, segment_ids):
+      (x, w), mutated = model.apply({'params': params, 'cache': cache}, tokens, positions, segment_ids,
+                                    return_hidden=True, mutable=['cache'])
+      logits = layers.dense(x[:, -1], w.astype(cfg.dtype)).astype(jnp.float32)  # the last position only
+      return logits, mutated['cache']
+
+    logits, cache = forward(empty, prompt, positions, segment_ids)
+
+    def tokens_to_logits(ids, state):
+      rows = jnp.repeat(lengths, ids.shape[0] // b)  # beams repeat each prompt's rows side by side
+      positions = (rows + state['step'])[:, None]
+      logits, cache = forward(state['model'], ids, positions, jnp.ones_like(ids))
+      return logits, {'model': cache, 'step': state['step'] + 1}
+
+    return kinds.Decoding(logits, {'model': cache, 'step': jnp.zeros((), jnp.int32)}, tokens_to_logits,
+                          cache_batch_axis=1 if cfg.scan_layers else 0)

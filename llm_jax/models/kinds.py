@@ -13,6 +13,7 @@ kind and never spells out a batch layout or a ``model.init`` call itself (t5x's
   kind.loss(params, batch, dropout_key=, z_loss=, chunk_size=) -> sums
   kind.metrics(sums, prefix)       {'train_loss': ..., 'train_accuracy': ...} from sums
   kind.flops_per_token(abstract_params, seq_len)
+  kind.start_decoding(params, prompt, lengths, cache_len) -> Decoding   (kinds that generate)
 
 A loss returns sums, not means (``loss_sum``, which is differentiated; ``weight_sum``,
 which the step divides the summed gradient by; and the counts ``metrics`` reads), so
@@ -23,7 +24,7 @@ Kinds register themselves by name (``@register('decoder')``) from their modules
 """
 
 import math
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -73,6 +74,25 @@ def _int(shape):
 
 def _float(shape):
   return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+class Decoding(NamedTuple):
+  """A model ready to decode, as ``llm_jax.generation``'s search functions take it.
+
+  logits            float32 [B, V]: the next token's logits after each row's prompt
+  cache             a pytree of arrays; the search never looks inside it, but reorders
+                    or repeats its rows (beam search) along ``cache_batch_axis``; leaves
+                    with no such axis (ndim <= cache_batch_axis, e.g. a step counter)
+                    are left alone
+  tokens_to_logits  (ids int32 [R, 1], cache) -> (logits float32 [R, V], cache): feeds
+                    one more token per row; R is B, or B·k when each row was repeated k
+                    times (beams), rows of one prompt kept together
+  cache_batch_axis  the axis of the cache's leaves that holds the rows
+  """
+  logits: Any
+  cache: Any
+  tokens_to_logits: Callable
+  cache_batch_axis: int = 0
 
 
 class ModelKind:

@@ -51,7 +51,7 @@ class TransformerConfig:
   emb_dim: int = 128
   head_dim: int = 32
   mlp_dim: int = 512
-  max_len: int = 256              # size of the learned position table / cache length
+  max_len: int = 256              # the longest sequence: the learned position table's size
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   pos_encoding: str = 'learned'   # 'learned' | 'sinusoidal' | 'rope' | 'none'
@@ -75,6 +75,7 @@ class TransformerConfig:
   init_std: float = 0.02
   causal: bool = True
   decode: bool = False            # autoregressive decoding with a KV cache
+  cache_len: int = 0              # decode: KV cache slots per row (0: max_len); a generation needs prompt + new tokens
 
   def replace(self, **changes) -> 'TransformerConfig':
     return dataclasses.replace(self, **changes)
@@ -469,11 +470,12 @@ class Attention(nn.Module):
   def _update_cache(self, key, value, segment_ids, positions):
     cfg = self.cfg
     b, t, k, h = key.shape
-    shape = (b, cfg.max_len, k, h)
+    slots = cfg.cache_len or cfg.max_len
+    shape = (b, slots, k, h)
     ck = self.variable('cache', 'key', jnp.zeros, shape, key.dtype)
     cv = self.variable('cache', 'value', jnp.zeros, shape, value.dtype)
-    cseg = self.variable('cache', 'segment_ids', jnp.zeros, (b, cfg.max_len), jnp.int32)
-    cpos = self.variable('cache', 'positions', jnp.zeros, (b, cfg.max_len), jnp.int32)
+    cseg = self.variable('cache', 'segment_ids', jnp.zeros, (b, slots), jnp.int32)
+    cpos = self.variable('cache', 'positions', jnp.zeros, (b, slots), jnp.int32)
     index = self.variable('cache', 'index', lambda: jnp.array(0, jnp.int32))
     if self.is_initializing():
       return key, value, segment_ids, positions

@@ -121,13 +121,23 @@ def _train(config, workdir: str, preempt: preemption.Watch, changes: dict, allow
   losses = ', '.join(f'{k} {summary[k]:.4f}' for k in ('train_loss', 'eval_loss') if k in summary)
   print(f'[llm_jax] done: step {summary["step"]}, {losses}, {summary["seconds"]} s, workdir {workdir}', flush=True)
   if config.sample.prompt and jax.process_index() == 0 and not preempt.interrupted:
-    from llm_jax import sample
-    s = config.sample
-    text = sample.sample_text(trainer.model_cfg, jax.device_get(params),
-                              trainer.dataset.tokenizer, s.prompt, max_new_tokens=s.max_new_tokens,
-                              temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=config.seed)[0]
+    text = samples(trainer, jax.device_get(params), [config.sample.prompt])[0]
     print(f'[llm_jax] sample:\n{text}', flush=True)
   return summary
+
+
+def samples(trainer: Trainer, params, prompts: Sequence[str]) -> list[str]:
+  """The completions of ``prompts`` under config.sample's settings (the best beam with beam search), seed
+  config.seed; decoded from a host copy of ``params`` on one device."""
+  from llm_jax.generation import text
+  s = trainer.config.sample
+  early = {'true': True, 'false': False}.get(str(s.early_stopping).lower(), 'never')
+  outputs = text.complete(trainer.kind, jax.device_get(params), trainer.dataset.tokenizer, prompts,
+                          max_new_tokens=s.max_new_tokens, seed=trainer.config.seed,
+                          temperature=s.temperature if s.num_beams == 1 else 0.0,
+                          top_k=s.top_k, top_p=s.top_p, num_beams=s.num_beams, length_penalty=s.length_penalty,
+                          early_stopping=early)
+  return [row[0].text for row in outputs]
 
 
 def _close_after_error(ckpts: ckpt_lib.Checkpoints, writer) -> None:
@@ -150,6 +160,10 @@ def _run(trainer: Trainer, state, first: int, last: int, ckpts: ckpt_lib.Checkpo
   tokens_per_step = config.train.batch_size * config.data.seq_len
   peak, _ = perf.peak_flops(config.model.dtype)
   summary: dict = {'step': first}
+  prompts = [p for p in config.sample.eval_prompts.split('|') if p]
+  if prompts and jax.process_count() > 1:  # ``samples`` decodes from a host copy of the parameters
+    print('[llm_jax] config.sample.eval_prompts are not decoded in a multi-host run.', flush=True)
+    prompts = []
   timer_step, timer = first, None
   # The bar is closed on every exit (errors too), so messages printed after it start on a line of their own.
   with tqdm.tqdm(total=last, initial=first, desc='train', disable=jax.process_index() != 0,
@@ -183,6 +197,8 @@ def _run(trainer: Trainer, state, first: int, last: int, ckpts: ckpt_lib.Checkpo
       if evaluate:
         record.update(trainer.evaluate(state.params))
         tqdm.tqdm.write(f'step {step}: eval_loss {record["eval_loss"]:.4f}')
+        if prompts:
+          writer.write_samples(step, dict(zip(prompts, samples(trainer, state.params, prompts))))
         if timer is not None:
           timer = time.perf_counter()
       if record:

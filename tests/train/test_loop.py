@@ -144,3 +144,28 @@ def test_encoder_resume_is_bitwise_exact(tmp_path, head, extra):
   assert {**first, **second} == straight_seen
   assert losses(workdir) == losses(straight_dir) and len(losses(workdir)) == 12
   jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(straight_dir))
+
+
+def test_eval_prompts_are_decoded_at_each_eval_and_resume_drops_later_ones(tmp_path, capsys):
+  """config.sample.eval_prompts: a samples.jsonl line per evaluation (steps 8, 16) holding each prompt's
+  completion, TensorBoard text events, and the end-of-run sample; on resume from step 12 the line of step 16
+  is dropped and written again, the same (greedy beam search is deterministic)."""
+  from llm_jax.generation import text as text_lib
+  overrides = {'sample.eval_prompts': 'the quick|Document', 'sample.prompt': 'the', 'sample.max_new_tokens': 6,
+               'sample.num_beams': 2, 'sample.early_stopping': 'true', 'model.dropout_rate': 0.0}
+  workdir = tmp_path / 'run'
+  loop.train_and_evaluate(tiny_config(tmp_path, **overrides), str(workdir))
+  assert '[llm_jax] sample:\nthe' in capsys.readouterr().out
+  lines = [json.loads(line) for line in open(workdir / 'samples.jsonl')]
+  assert [line['step'] for line in lines] == [8, 16]
+  assert list(lines[-1]['samples']) == ['the quick', 'Document']
+  config, kind, params, tokenizer = ckpt_lib.load_for_inference(str(workdir))
+  want = text_lib.complete(kind, params, tokenizer, ['the quick', 'Document'], max_new_tokens=6, num_beams=2,
+                           early_stopping=True)
+  assert list(lines[-1]['samples'].values()) == [row[0].text for row in want]
+  events = list((workdir / 'tensorboard').glob('events.*'))
+  assert events and any(b'samples/1' in e.read_bytes() for e in events)
+  ckpt_lib.Checkpoints(str(workdir), config.checkpoint).set_aside(16)
+  loop.train_and_evaluate(tiny_config(tmp_path, **overrides), str(workdir))
+  again = [json.loads(line) for line in open(workdir / 'samples.jsonl')]
+  assert again == lines

@@ -1,0 +1,76 @@
+"""Text in, text out: prompts through a tokenizer, ``api.decode``, and back.
+
+What the sample command, the training loop's end-of-run sample and its eval-time
+samples share. A ``tokenizer`` is anything with encode(str) -> ids, decode(ids) -> str
+and eos_id (llm_jax's tokenizers, or a Hugging Face directory's through
+``tokenizers``).
+"""
+
+import sys
+from typing import NamedTuple, Optional, Sequence
+
+import jax
+import numpy as np
+
+from llm_jax.data import tokenizers
+from llm_jax.generation import api
+
+
+class Completion(NamedTuple):
+  text: str                  # the prompt followed by the continuation (cut before its eos token)
+  score: Optional[float]     # beam search's score; None when sampled
+
+
+def _note(message: str) -> None:
+  print(f'[llm_jax] {message}', file=sys.stderr, flush=True)
+
+
+def prompt_ids(tokenizer, prompt: str, max_len: int, max_new_tokens: int, note=_note) -> list[int]:
+  """The prompt's token ids, [eos_id] if it is empty, cut from the left to fit max_len.
+
+  Characters the tokenizer has no token for are named once with their counts (a
+  character vocabulary encodes each as its unknown token); at most max_len -
+  max_new_tokens tokens are kept (the most recent ones), with a note. If max_new_tokens
+  alone fills max_len nothing is cut, and ``api.decode`` raises its error.
+  """
+  unknown = tokenizers.unknown_characters(tokenizer, prompt)
+  if unknown:
+    shown = ', '.join(f'{c!r} ×{n}' for c, n in sorted(unknown.items(), key=lambda x: -x[1])[:10])
+    note(f'the prompt has {sum(unknown.values())} character(s) the {tokenizer.kind} tokenizer never saw in '
+         f'training ({shown}{", ..." if len(unknown) > 10 else ""}); each is encoded as the unknown token and '
+         'shows as U+FFFD.')
+  ids = [int(i) for i in tokenizer.encode(prompt)] or [tokenizer.eos_id]
+  keep = max_len - max_new_tokens
+  if 0 < keep < len(ids):
+    note(f'the prompt has {len(ids)} tokens; keeping its last {keep} so that {max_new_tokens} new tokens fit '
+         f"the model's {max_len} positions.")
+    ids = ids[-keep:]
+  return ids
+
+
+def complete(kind, params, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, seed: int = 0,
+             num_return_sequences: int = 1, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             num_beams: int = 1, length_penalty: float = 1.0, early_stopping=False,
+             note=_note) -> list[list[Completion]]:
+  """For each prompt, ``num_return_sequences`` completions (best beam first), decoded as one
+  left-padded batch under ``jax.random.key(seed)``. Each continuation ends at its first eos
+  token (not included). Raises ValueError on bad settings (see ``api.decode``)."""
+  cfg = kind.cfg
+  rows = [prompt_ids(tokenizer, p, cfg.max_len, max_new_tokens, note) for p in prompts]
+  batch, lengths = api.left_padded(rows, tokenizer.eos_id)
+  out = api.decode(kind, params, batch, lengths=lengths, max_new_tokens=max_new_tokens, rng=jax.random.key(seed),
+                   temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
+                   length_penalty=length_penalty, early_stopping=early_stopping,
+                   num_return_sequences=num_return_sequences, eos_ids=(tokenizer.eos_id,))
+  tokens, new = np.asarray(out.tokens), np.asarray(out.lengths)
+  scores = None if out.scores is None else np.asarray(out.scores)
+  results = []
+  for i, prompt in enumerate(prompts):
+    row = []
+    for j in range(tokens.shape[1]):
+      ids = tokens[i, j, :new[i, j]].tolist()
+      if ids and ids[-1] == tokenizer.eos_id:
+        ids = ids[:-1]
+      row.append(Completion(prompt + tokenizer.decode(ids), None if scores is None else float(scores[i, j])))
+    results.append(row)
+  return results
