@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.max_len = -1                  # position table / KV cache length (-1: data.seq_len)
   m.dropout_rate = 0.0            # residual, embedding and MLP dropout
   m.attention_dropout_rate = 0.0  # dropout on attention probabilities ('xla' kernel only)
-  m.pos_encoding = 'learned'      # 'learned' | 'sinusoidal' | 'rope' | 'none'
+  m.pos_encoding = 'learned'      # 'learned' | 'sinusoidal' | 'rope' | 'alibi' (BLOOM's attention bias) | 'none'
   m.rope_theta = 10000.0          # RoPE base
   m.mlp_activation = 'gelu_tanh'  # 'relu' | 'gelu_tanh' (GPT-2's approximation) | 'gelu_exact' (BERT's erf) | 'swiglu'
   m.norm = 'layernorm'            # 'layernorm' | 'rmsnorm'
@@ -221,6 +221,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   if m.max_len != -1 and d.seq_len > m.max_len:
     raise ConfigError(f'config.data.seq_len={d.seq_len} is longer than config.model.max_len={m.max_len} '
                       f'positions; raise max_len or lower seq_len.')
+  if layers.position_bias(m.pos_encoding) and not attention_kernels.supports_bias(m.attention_kernel):
+    raise ConfigError(f'config.model.pos_encoding={m.pos_encoding!r} is an attention bias, which '
+                      f'config.model.attention_kernel={m.attention_kernel!r} does not take; use attention_kernel=auto, '
+                      'blocked or xla.')
   if m.attention_dropout_rate > 0 and not attention_kernels.supports_dropout(m.attention_kernel):
     raise ConfigError(f'config.model.attention_kernel={m.attention_kernel!r} has no attention dropout; '
                       f'set config.model.attention_dropout_rate=0 or use attention_kernel=auto, blocked or xla.')

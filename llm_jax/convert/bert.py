@@ -22,13 +22,10 @@ an export writes exactly its architecture's groups.
 
 from llm_jax import errors
 from llm_jax.convert import table
-from llm_jax.convert.table import COPY, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, Mismatch, Rule
+from llm_jax.convert.table import ACTIVATIONS, COPY, EXPORTED_ACTIVATIONS, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR
+from llm_jax.convert.table import Mismatch, Rule
 from llm_jax.models.layers import TransformerConfig
 
-# hidden_act -> mlp_activation. 'gelu_new', 'gelu_fast' and 'gelu_pytorch_tanh' are all the tanh approximation.
-ACTIVATIONS = {'gelu': 'gelu_exact', 'gelu_python': 'gelu_exact', 'gelu_new': 'gelu_tanh', 'gelu_fast': 'gelu_tanh',
-               'gelu_pytorch_tanh': 'gelu_tanh', 'relu': 'relu'}
-EXPORTED_ACTIVATIONS = {'gelu_exact': 'gelu', 'gelu_tanh': 'gelu_new', 'relu': 'relu'}
 # What every BERT is, whatever its size: (TransformerConfig field, value).
 LAYOUT = (('norm', 'layernorm'), ('norm_placement', 'post'), ('embed_norm', True), ('use_bias', True),
           ('pos_encoding', 'learned'))
@@ -75,7 +72,7 @@ class Bert(table.Family):
         *_norm(f'{ours}/mlp_norm', f'{hf}.output.LayerNorm'),
     ]
 
-  def other_rules(self) -> list[Rule]:
+  def other_rules(self, cfg: TransformerConfig) -> list[Rule]:
     return [
         Rule('token_embed/embedding', 'embeddings.word_embeddings.weight', copies=('cls.predictions.decoder.weight',)),
         Rule('position_embed/embedding', 'embeddings.position_embeddings.weight'),

@@ -91,15 +91,15 @@ def to_hf(family: table.Family, architecture: str, cfg, params) -> dict[str, np.
   params = blocks.to_unrolled(jax.device_get(params))
   flat = {'/'.join(str(getattr(k, 'key', k)) for k in path): np.asarray(leaf)
           for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-  rules = [r for r in family.table(cfg, architecture) if r.ours is not None]
-  missing = [r.ours for r in rules if r.ours not in flat]
-  left = sorted(set(flat) - {r.ours for r in rules})
+  rules = [r for r in family.table(cfg, architecture) if r.paths]
+  missing = [p for r in rules for p in r.paths if p not in flat]
+  left = sorted(set(flat) - {p for r in rules for p in r.paths})
   if missing or left:
     raise errors.ConfigError(f'this model does not match the {architecture} table: '
                              + (f'it lacks {", ".join(missing[:8])}' if missing else '')
                              + ('; ' if missing and left else '')
                              + (f'{", ".join(left[:8])} have no Hugging Face key' if left else '') + '.')
-  return {family.key(r, architecture): np.asarray(r.transform.to_theirs(flat[r.ours], cfg)) for r in rules}
+  return {family.key(r, architecture): np.asarray(r.to_theirs(flat, cfg)) for r in rules}
 
 
 def _check_out(out_dir: str) -> None:

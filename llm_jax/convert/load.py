@@ -7,11 +7,12 @@ In this order, each failure one ``ConfigError`` line before any tensor is read:
    kind;
 2. config.json is compared with ``kind.cfg``: every difference in one message, with the
    ``--config`` flags that fix it;
-3. each rule of the family pairs a checkpoint key with a parameter: the tensor's shape
-   must be what the parameter needs (the message names the key and both shapes), tied
-   copies must be equal, and every tensor in the file must be consumed by a rule or be a
-   known buffer (the count check: nothing is dropped silently), and every tensor of the
-   body (all but the heads) must be there.
+3. each rule of the family pairs a checkpoint key with a parameter (or, for a fused
+   tensor such as GPT-2's c_attn, with several): the tensor's shape must be what the
+   parameters need (the message names the key and both shapes), tied copies must be
+   equal, and every tensor in the file must be consumed by a rule or be a known buffer
+   (the count check: nothing is dropped silently), and every tensor of the body (all but
+   the heads) must be there.
 
 The result is ``(params, report)``: ``params`` has the tree of ``fresh_params`` (unboxed
 arrays, scanned or unrolled), each leaf on the sharding of the fresh leaf it replaces;
@@ -40,17 +41,33 @@ def _path(keypath) -> str:
 
 
 class Pretrained(NamedTuple):
-  """A Hugging Face model in llm_jax: ``kind.module.apply({'params': params}, ids[B, T], ...)``."""
+  """A Hugging Face model in llm_jax: ``kind.module.apply({'params': params}, ids[B, T], ...)``.
+
+  ``tokenizer`` is None when the directory holds none (no tokenizer.json or vocab.txt);
+  code that needs one calls ``need_tokenizer(what)``, which raises a one-line ConfigError.
+  ``eos_id`` is the token generation stops at: config.json's eos_token_id (the first of a
+  list) when it names one, else the tokenizer's end-of-text token; None when neither does.
+  """
   kind: Any                  # the ModelKind; kind.cfg is its TransformerConfig
   params: Any
   tokenizer: Optional[Any]   # llm_jax's 'pretrained' tokenizer of the directory (None if it has none)
   report: dict               # load_params' report: 'restored', 'fresh', 'unused'
+  eos_id: Optional[int] = None
+  source: str = ''           # the directory it was read from
+
+  def need_tokenizer(self, what: str):
+    """The tokenizer, or ConfigError: ``what`` ('generation from text') needs one."""
+    if self.tokenizer is None:
+      raise errors.ConfigError(f'{what} needs a tokenizer and {self.source} has no tokenizer.json or vocab.txt; '
+                               'copy the model\'s tokenizer files into it.')
+    return self.tokenizer
 
 
 def from_pretrained(source: str, head: Optional[str] = None, seed: int = 0, **overrides) -> Pretrained:
   """A Hugging Face model directory or Hub id as an llm_jax model, its config taken from config.json:
   ``head`` defaults to the checkpoint's own ('mlm' for BertForMaskedLM, 'none' for BertModel,
-  'classify' for BertForSequenceClassification); a head the checkpoint lacks starts from ``seed``.
+  'classify' for BertForSequenceClassification, 'lm' for the decoders); a head the checkpoint
+  lacks starts from ``seed``.
   ``overrides`` replace ``TransformerConfig`` fields (``dtype='bfloat16'``, ``attention_kernel``)."""
   from llm_jax.data import tokenizers
   from llm_jax.models import kinds
@@ -67,7 +84,9 @@ def from_pretrained(source: str, head: Optional[str] = None, seed: int = 0, **ov
   tokenizer = None
   if any(os.path.exists(os.path.join(directory, f)) for f in (tokenizers.SPEC_FILE, tokenizers.VOCAB_FILE)):
     tokenizer = tokenizers.tokenizer_class('pretrained').train((), tokenizer_path=directory)
-  return Pretrained(kind, params, tokenizer, report)
+  eos = tokenizers.config_eos_id(hf_config)
+  eos = eos if eos is not None else getattr(tokenizer, 'eos_id', None)
+  return Pretrained(kind, params, tokenizer, report, eos, directory)
 
 
 def load_params(source: str, kind, fresh_params, what: str = 'config.init_from') -> tuple[Any, dict]:
@@ -128,7 +147,7 @@ def convert(family: table.Family, weights: hf.Weights, cfg, targets: dict) -> tu
                                'spelt twice; keep one.')
     keys[name] = key
   rules = family.rules(cfg)
-  known = {r.ours for r in rules if r.ours is not None}
+  known = {p for r in rules for p in r.paths}
   unknown = sorted(p for p in targets if p not in known)
   if unknown:
     raise errors.ConfigError(f'the model has parameters the {family.model_type} table has no rule for: '
@@ -139,17 +158,23 @@ def convert(family: table.Family, weights: hf.Weights, cfg, targets: dict) -> tu
     if not present:
       continue
     consumed.update(present)
-    if rule.ours is None or rule.ours not in targets:
+    wanted = [p for p in rule.paths if p in targets]
+    if not wanted:
       unused.append(keys[present[0]])
       continue
-    array = _checked(weights, keys, present, rule, cfg, targets[rule.ours])
-    converted[rule.ours] = np.asarray(rule.transform.to_ours(array, cfg), np.float32)
-  lacking = [r.theirs for r in rules if r.group == 'body' and r.ours in targets and r.ours not in converted]
+    if len(wanted) < len(rule.paths):
+      lacks = ', '.join(p for p in rule.paths if p not in targets)
+      raise errors.ConfigError(f'the model has {", ".join(wanted)} but not {lacks}, which {keys[present[0]]} '
+                               f'holds together; its config does not fit the {family.model_type} layout.')
+    array = _checked(weights, keys, present, rule, cfg, {p: targets[p] for p in rule.paths})
+    converted.update({p: np.asarray(a, np.float32) for p, a in rule.to_ours(array, cfg).items()})
+  lacking = [r.theirs for r in rules
+             if r.group == 'body' and any(p in targets and p not in converted for p in r.paths)]
   if lacking:
     raise errors.ConfigError(f'{weights.description} lacks {", ".join(lacking[:8])}'
                              f'{" ..." if len(lacking) > 8 else ""}, which every {family.model_type} model holds; '
                              're-download the model.')
-  left = sorted(keys[n] for n in keys if n not in consumed and n not in family.buffers)
+  left = sorted(keys[n] for n in keys if n not in consumed and not family.is_buffer(n))
   if left:
     raise errors.ConfigError(
         f'{weights.description} holds {len(left)} tensors the {family.model_type} table does not know: '
@@ -158,14 +183,18 @@ def convert(family: table.Family, weights: hf.Weights, cfg, targets: dict) -> tu
   return converted, sorted(unused)
 
 
-def _checked(weights: hf.Weights, keys: dict, present: list[str], rule: table.Rule, cfg, shape) -> np.ndarray:
-  """The tensor of ``rule`` after its shape check; tied copies must equal it."""
-  want = jax.eval_shape(lambda a: rule.transform.to_theirs(a, cfg), jax.ShapeDtypeStruct(shape, np.float32)).shape
+def _checked(weights: hf.Weights, keys: dict, present: list[str], rule: table.Rule, cfg, shapes: dict) -> np.ndarray:
+  """The tensor of ``rule`` after its shape check (``shapes``: {path: shape} of its parameters);
+  tied copies must equal it."""
+  abstract = {p: jax.ShapeDtypeStruct(shape, np.float32) for p, shape in shapes.items()}
+  want = jax.eval_shape(lambda a: rule.to_theirs(a, cfg), abstract).shape
+  ours = ', '.join(f'{p} {tuple(shape)}' for p, shape in shapes.items())
   for name in present:
     have = weights.shape(keys[name])
     if tuple(have) != tuple(want):
-      raise errors.ConfigError(f'{weights.description}: {keys[name]} has shape {tuple(have)}, but {rule.ours} '
-                               f'{tuple(shape)} needs {tuple(want)}; the weights do not match their config.json.')
+      raise errors.ConfigError(f'{weights.description}: {keys[name]} has shape {tuple(have)}, but {ours} '
+                               f'need{"s" if len(shapes) == 1 else ""} {tuple(want)}; the weights do not match '
+                               'their config.json.')
   array = weights.get(keys[present[0]])
   for name in present[1:]:
     if not np.array_equal(weights.get(keys[name]), array):

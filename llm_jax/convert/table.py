@@ -11,20 +11,33 @@ the model's ``TransformerConfig``. The plumbing that applies a table (``load.py`
 Rules are written once per layer with ``{i}`` in both names; ``Family.rules(cfg)``
 expands them for ``cfg.num_layers`` layers. Paths are llm_jax's unrolled layout
 ('layer_0/attention/query'); a scanned model ('layers', a leading layer axis) is
-stacked and unstacked by the plumbing.
+stacked and unstacked by the plumbing. A rule may pair one Hugging Face key with
+several parameters (a fused tensor: GPT-2's c_attn holds query, key and value): its
+``ours`` is then a tuple of paths and its transform maps one array to a tuple and back.
 """
 
 import abc
 import dataclasses
 import importlib
 import math
-from typing import Any, Callable, ClassVar, Optional
+import re
+from typing import Any, Callable, ClassVar, Optional, Union
+
+import jax.numpy as jnp
+import numpy as np
 
 from llm_jax import errors
 from llm_jax.models.layers import TransformerConfig
 
 _FAMILIES: dict[str, 'Family'] = {}   # model_type -> family
-_MODULES = ('llm_jax.convert.bert',)  # each registers its family on import
+_MODULES = ('llm_jax.convert.bert', 'llm_jax.convert.gpt2', 'llm_jax.convert.bloom',
+            'llm_jax.convert.llama')  # each registers its families on import
+
+# Hugging Face's activation names (hidden_act, activation_function) -> mlp_activation. 'gelu_new',
+# 'gelu_fast' and 'gelu_pytorch_tanh' are all the tanh approximation, 'gelu' the erf form.
+ACTIVATIONS = {'gelu': 'gelu_exact', 'gelu_python': 'gelu_exact', 'gelu_new': 'gelu_tanh', 'gelu_fast': 'gelu_tanh',
+               'gelu_pytorch_tanh': 'gelu_tanh', 'relu': 'relu'}
+EXPORTED_ACTIVATIONS = {'gelu_exact': 'gelu', 'gelu_tanh': 'gelu_new', 'relu': 'relu'}
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -35,7 +48,8 @@ class Transform:
 
   Both take and return arrays (NumPy, or abstract values under ``jax.eval_shape``), so the
   shape a key must have is ``to_theirs`` of the parameter's shape, checked before any
-  reshape can fail.
+  reshape can fail. For a rule with several paths (a fused tensor) ``to_ours`` returns a
+  tuple in the order of the paths and ``to_theirs`` takes one.
   """
   name: str
   to_ours: Callable[[Any, TransformerConfig], Any]
@@ -54,29 +68,52 @@ HEADS_OUT = Transform('heads_out', lambda a, cfg: a.T.reshape(-1, cfg.head_dim, 
                       lambda a, cfg: a.reshape(-1, a.shape[-1]).T)
 
 
+def xp(*arrays):
+  """NumPy for NumPy arrays (a checkpoint's tensors stay on the host), jax.numpy for the
+  abstract values of a shape check; for transforms that stack or concatenate."""
+  return np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
   """One row of a table.
 
-  ours:   llm_jax parameter path ('layer_{i}/mlp/wi'); None for a tensor llm_jax has no
-          place for (BERT's next-sentence head): consumed and reported unused
+  ours:   llm_jax parameter path ('layer_{i}/mlp/wi'), or a tuple of them for a fused
+          tensor; None for a tensor llm_jax has no place for (BERT's next-sentence
+          head): consumed and reported unused
   theirs: the Hugging Face key inside the base model, without its prefix ('bert.')
   group:  'body', or the name of a head; an architecture's checkpoints hold some groups
   base:   the key belongs to the base model, so a model with a head prefixes it
   copies: other keys holding the same tensor (tied weights, a duplicated bias): consumed,
           and each one present must equal the tensor used
   """
-  ours: Optional[str]
+  ours: Union[None, str, tuple[str, ...]]
   theirs: str
   transform: Transform = COPY
   group: str = 'body'
   base: bool = True
   copies: tuple[str, ...] = ()
 
+  @property
+  def paths(self) -> tuple[str, ...]:
+    """The llm_jax paths of the rule: () for None, one for a plain tensor, several when fused."""
+    return () if self.ours is None else (self.ours,) if isinstance(self.ours, str) else tuple(self.ours)
+
   def at(self, i: int) -> 'Rule':
     fill = lambda s: s.replace('{i}', str(i))
-    return dataclasses.replace(self, ours=None if self.ours is None else fill(self.ours), theirs=fill(self.theirs),
-                               copies=tuple(fill(c) for c in self.copies))
+    ours = self.ours if self.ours is None else fill(self.ours) if isinstance(self.ours, str) else tuple(
+        fill(p) for p in self.ours)
+    return dataclasses.replace(self, ours=ours, theirs=fill(self.theirs), copies=tuple(fill(c) for c in self.copies))
+
+  def to_ours(self, array, cfg) -> dict:
+    """{path: array} of the checkpoint tensor ``array``."""
+    out = self.transform.to_ours(array, cfg)
+    return dict(zip(self.paths, out if isinstance(self.ours, tuple) else (out,)))
+
+  def to_theirs(self, arrays: dict, cfg):
+    """The checkpoint tensor of ``arrays`` ({path: array}, at least this rule's paths)."""
+    parts = tuple(arrays[p] for p in self.paths)
+    return self.transform.to_theirs(parts if isinstance(self.ours, tuple) else parts[0], cfg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,17 +148,18 @@ class Family(abc.ABC):
   prefix: ClassVar[str]                        # the base model's key prefix inside a model with a head
   base_architecture: ClassVar[str]             # the architecture without a head (no prefix)
   architectures: ClassVar[dict[str, tuple[str, ...]]]  # class name -> the rule groups its checkpoints hold
-  buffers: ClassVar[tuple[str, ...]] = ()      # keys that are not parameters (position_ids), ignored
+  buffers: ClassVar[tuple[str, ...]] = ()      # keys that are not parameters (position_ids), ignored; '{i}': a layer
   renames: ClassVar[tuple[tuple[str, str], ...]] = ()  # old key spellings -> the current ones
   tokenizer_class: ClassVar[str] = 'PreTrainedTokenizerFast'  # tokenizer_config.json's, when export writes one
+  exports: ClassVar[bool] = True               # False: import only (Mistral; its models export as Llama)
 
   @abc.abstractmethod
   def layer_rules(self) -> list[Rule]:
     """Rules with '{i}', one set per layer."""
 
   @abc.abstractmethod
-  def other_rules(self) -> list[Rule]:
-    """Rules outside the layers: embeddings, final norms, heads."""
+  def other_rules(self, cfg: TransformerConfig) -> list[Rule]:
+    """Rules outside the layers: embeddings, final norms, heads (tied or not as ``cfg`` says)."""
 
   @abc.abstractmethod
   def mismatches(self, hf_config: dict, cfg: TransformerConfig, architecture: str,
@@ -152,7 +190,7 @@ class Family(abc.ABC):
 
   def rules(self, cfg: TransformerConfig, groups: Optional[tuple[str, ...]] = None) -> list[Rule]:
     """The layer-expanded rules of ``groups`` (None: every group, what an import accepts)."""
-    rules = [r.at(i) for i in range(cfg.num_layers) for r in self.layer_rules()] + self.other_rules()
+    rules = [r.at(i) for i in range(cfg.num_layers) for r in self.layer_rules()] + self.other_rules(cfg)
     return [r for r in rules if groups is None or r.group in groups]
 
   def table(self, cfg: TransformerConfig, architecture: str) -> list[Rule]:
@@ -167,6 +205,10 @@ class Family(abc.ABC):
       if key.endswith(old):
         key = key[:-len(old)] + new
     return key
+
+  def is_buffer(self, name: str) -> bool:
+    """Whether the normalized key ``name`` is one of ``buffers`` (where '{i}' stands for any layer)."""
+    return any(re.fullmatch(re.escape(b).replace(re.escape('{i}'), r'\d+'), name) for b in self.buffers)
 
   def key(self, rule: Rule, architecture: str) -> str:
     """The key ``rule`` is written under in an ``architecture`` checkpoint."""
@@ -209,9 +251,9 @@ def identify(hf_config: dict, directory: str) -> tuple[str, Family]:
 
 def exporters(kind: str) -> list[Family]:
   """The families a model of ``kind`` may be exported as; ConfigError when there is none."""
-  candidates = [f for f in families() if f.kind == kind]
+  candidates = [f for f in families() if f.kind == kind and f.exports]
   if not candidates:
-    kinds = sorted({f.kind for f in families()})
+    kinds = sorted({f.kind for f in families() if f.exports})
     raise errors.ConfigError(f'model.kind={kind!r} cannot be exported to Hugging Face yet; llm_jax exports '
                              f'model.kind {", ".join(kinds)} ({supported()}).')
   return candidates

@@ -29,8 +29,11 @@ that are not text (never chosen for masked-LM prediction).
   true or absent), or a directory a run saved a 'wordpiece' or 'pretrained'
   tokenizer into, or a run's workdir (its WORKDIR/data). Its special tokens are named by special_tokens_map.json or
   tokenizer_config.json, else found by BERT's names ([CLS], [SEP], [MASK], [PAD],
-  [UNK]) or RoBERTa's (<s>, </s>, <mask>, <pad>, <unk>); eos is the eos token, else
-  [SEP]; pad is 0 when the directory names none. The tokenizer's own truncation and
+  [UNK]) or RoBERTa's (<s>, </s>, <mask>, <pad>, <unk>); eos is the token of config.json's
+  eos_token_id when the directory is a model's, else the named eos token, else the first of
+  <|endoftext|> (GPT-2), <|end_of_text|> (Llama 3), </s> (Llama 1/2, BLOOM) in the
+  vocabulary, else [SEP]; pad is 0 when the directory names none. A byte-level BPE
+  (GPT-2, BLOOM) or a Metaspace / byte-fallback BPE (Llama) tokenizer.json works as it is. The tokenizer's own truncation and
   padding settings are switched off.
 
 A tokenizer saves into a directory (``tokenizer.json``, llm_jax's spec, plus its
@@ -279,9 +282,11 @@ class SentencePieceTokenizer(_NoMarkers):
 HF_FILE = 'hf_tokenizer.json'
 VOCAB_FILE = 'vocab.txt'
 _ROLES = ('pad', 'unk', 'cls', 'sep', 'mask', 'eos')
-# Names tried, in order, for a role a directory does not name: BERT's, then RoBERTa's.
+# Names tried, in order, for a role a directory does not name: BERT's, then RoBERTa's; the end of
+# text of GPT-2, Llama 3 and Llama 1/2 / BLOOM.
 _DEFAULT_NAMES = {'pad': ('[PAD]', '<pad>'), 'unk': ('[UNK]', '<unk>'), 'cls': ('[CLS]', '<s>'),
-                  'sep': ('[SEP]', '</s>'), 'mask': ('[MASK]', '<mask>'), 'eos': ()}
+                  'sep': ('[SEP]', '</s>'), 'mask': ('[MASK]', '<mask>'),
+                  'eos': ('<|endoftext|>', '<|end_of_text|>', '</s>')}
 
 
 class _HuggingFace:
@@ -394,6 +399,13 @@ def _named_tokens(directory: str) -> dict[str, str]:
   return names
 
 
+def config_eos_id(hf_config: dict):
+  """config.json's eos_token_id (the first of a list), or None."""
+  eos = hf_config.get('eos_token_id')
+  eos = eos[0] if isinstance(eos, list) and eos else eos
+  return eos if isinstance(eos, int) else None
+
+
 def _pretrained_files(directory: str, what: str):
   """(Hugging Face tokenizer, {role: token}) from a model directory (module docstring)."""
   from tokenizers import Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers
@@ -420,6 +432,9 @@ def _pretrained_files(directory: str, what: str):
     raise errors.ConfigError(f'{what}: {directory!r} holds neither {SPEC_FILE} nor {VOCAB_FILE}; pass a model '
                              'directory (or Hub id) with a Hugging Face tokenizer, e.g. a BERT model\'s.')
   vocab = tok.get_vocab(with_added_tokens=True)
+  eos = config_eos_id(_json(os.path.join(directory, 'config.json')))
+  if eos is not None and tok.id_to_token(eos) is not None:  # the model's own word is the authority
+    named['eos'] = tok.id_to_token(eos)
   for role in _ROLES:
     if role not in named:
       named[role] = next((n for n in _DEFAULT_NAMES[role] if n in vocab), None)

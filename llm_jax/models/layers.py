@@ -54,7 +54,7 @@ class TransformerConfig:
   max_len: int = 256              # the longest sequence: the learned position table's size
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
-  pos_encoding: str = 'learned'   # 'learned' | 'sinusoidal' | 'rope' | 'none'
+  pos_encoding: str = 'learned'   # 'learned' | 'sinusoidal' | 'rope' | 'alibi' | 'none'
   rope_theta: float = 10000.0
   mlp_activation: str = 'gelu_tanh'  # 'relu' | 'gelu_tanh' (GPT-2) | 'gelu_exact' (BERT) | 'swiglu'
   norm: str = 'layernorm'         # 'layernorm' | 'rmsnorm'
@@ -187,15 +187,22 @@ class TokenTypes(nn.Module):
 
 
 # ----------------------------------------------------------------------------- positions
-# A positional encoding is a module added to the token embeddings and/or a rotation
-# applied to queries and keys inside attention. Registered by name.
+# A positional encoding is any of: a module added to the token embeddings, a rotation
+# applied to queries and keys inside self-attention, and an additive attention bias of
+# self-attention. Registered by name.
 
 _POSITIONS: dict[str, tuple[Optional[type], Optional[Callable]]] = {}
+_POSITION_BIASES: dict[str, Callable] = {}
 
 
-def register_positions(name: str, rotate_qk: Optional[Callable] = None):
+def register_positions(name: str, rotate_qk: Optional[Callable] = None, bias: Optional[Callable] = None):
+  """Registers ``name``: the decorated module (None: nothing added to the embeddings),
+  ``rotate_qk(x[B,T,N,H], positions[B,T], theta)`` and ``bias(q_positions[B,T],
+  kv_positions[B,S], num_heads) -> float32 [B,N,T,S]`` (``position_bias``)."""
   def wrap(cls):
     _POSITIONS[name] = (cls, rotate_qk)
+    if bias is not None:
+      _POSITION_BIASES[name] = bias
     return cls
   return wrap
 
@@ -209,6 +216,12 @@ def positional(name: str) -> tuple[Optional[type], Optional[Callable]]:
     raise ValueError(f'config.model.pos_encoding={name!r} is unknown; choose one of '
                      f'{", ".join(positional_names())}.')
   return _POSITIONS[name]
+
+
+def position_bias(name: str) -> Optional[Callable]:
+  """The additive self-attention bias of encoding ``name`` (ALiBi), None for the others."""
+  positional(name)
+  return _POSITION_BIASES.get(name)
 
 
 @register_positions('learned')
@@ -253,6 +266,32 @@ def apply_rope(x, positions, theta: float):
 
 register_positions('rope', rotate_qk=apply_rope)(None)
 register_positions('none')(None)
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+  """ALiBi's per-head slopes (Press et al.), float32 [N], as BLOOM computes them: for a power
+  of two n, 2^(-8i/n) for i = 1..n; otherwise those of the nearest power of two below,
+  p, followed by the odd-numbered slopes of 2p, 2^(-4i/p) for i = 1, 3, 5, ..."""
+  p = 2 ** int(np.floor(np.log2(num_heads)))
+  slopes = (2.0 ** (-8.0 / p)) ** np.arange(1, p + 1)
+  extra = (2.0 ** (-4.0 / p)) ** np.arange(1, 1 + 2 * min(p, num_heads - p), 2)
+  return np.concatenate([slopes, extra]).astype(np.float32)
+
+
+def alibi_bias(q_positions, kv_positions, num_heads: int):
+  """-slope_n·|q - k| as float32 [B, N, T, S] from positions [B, T] and [B, S].
+
+  Where causality lets a query see a key (k <= q) this is -slope·(q - k), which differs
+  from BLOOM's slope·k only by a constant per query row: the same softmax. Positions
+  count from each document's first token, so left-padded rows and packed documents get
+  the bias a row of their own would.
+  """
+  slopes = jnp.asarray(alibi_slopes(num_heads))
+  distance = jnp.abs(q_positions[:, None, :, None] - kv_positions[:, None, None, :]).astype(jnp.float32)
+  return -slopes[None, :, None, None] * distance
+
+
+register_positions('alibi', bias=alibi_bias)(None)
 
 
 # ----------------------------------------------------------------------------- norms
@@ -406,6 +445,7 @@ class Attention(nn.Module):
 
   The caller decides what attends to what. ``inputs_kv=None`` is self-attention: a
   rotary encoding (``pos_encoding='rope'``) rotates queries and keys by ``positions``,
+  a bias encoding (``'alibi'``) adds its bias of query and key positions to ``bias``,
   and in decode mode (``cfg.decode``) the keys and values are appended to the KV cache
   and attended to with the cache's segment ids and positions. Given ``inputs_kv``, it
   is cross-attention: no rotation, no cache.
@@ -450,6 +490,10 @@ class Attention(nn.Module):
     if decoding:
       key, value, kv_segment_ids, kv_positions = self._update_cache(key, value, segment_ids, positions)
       mask = attention_mask(segment_ids, kv_segment_ids, positions, kv_positions, self.causal)
+    position_bias_fn = position_bias(cfg.pos_encoding)
+    if position_bias_fn is not None and self_attention:  # ALiBi: against the cache's key positions when decoding
+      own = position_bias_fn(positions, kv_positions if decoding else positions, n)
+      bias = own if bias is None else bias + own
 
     dropout = None
     if cfg.attention_dropout_rate > 0 and not deterministic:

@@ -58,11 +58,11 @@ def _edit_weights(directory, edit):
 
 
 def test_unsupported_architecture_names_the_supported_ones(copy, good):
-  _edit_config(copy, architectures=['GPT2LMHeadModel'], model_type='gpt2')
+  _edit_config(copy, architectures=['FalconForCausalLM'], model_type='falcon')
   with pytest.raises(errors.ConfigError) as e:
     _load(copy, good)
   message = _one_line(e)
-  assert 'GPT2LMHeadModel' in message
+  assert 'FalconForCausalLM' in message
   for name in ('BertForMaskedLM', 'BertForSequenceClassification', 'BertModel'):
     assert name in message
 

@@ -121,12 +121,9 @@ def test_a_run_without_a_checkpoint(tmp_path, source):
   assert not (tmp_path / 'out').exists()
 
 
-def test_a_decoder_run(tmp_path):
-  from llm_jax import config as config_lib
-  config = config_lib.from_file('configs/default.py')
-  workdir_lib.record(str(tmp_path), config, step=0, event='start', changes={})
-  with pytest.raises(errors.ConfigError, match="model.kind='decoder' cannot be exported.*BertForMaskedLM"):
-    convert.export(str(tmp_path), str(tmp_path / 'out'))
+def test_a_kind_without_an_exporter():
+  with pytest.raises(errors.ConfigError, match="model.kind='seq2seq' cannot be exported.*decoder, encoder.*BertForMaskedLM"):
+    table.exporters('seq2seq')
 
 
 def test_a_layout_bert_does_not_have():
