@@ -41,8 +41,8 @@ def from_pretrained(source: str, step: Optional[int] = None, **overrides):
       raise errors.ConfigError(f'{source} is a training run; its model is fixed by its config.json (give '
                                f'no {", ".join(overrides)}).')
     config, kind, params, tokenizer = checkpoint.load_for_inference(source, step)
-    return convert.Pretrained(kind, params, tokenizer, {'workdir': source, 'step': step,
-                                                        'config': config})
+    return convert.Pretrained(kind, params, tokenizer, {'workdir': source, 'step': step, 'config': config},
+                              eos_id=tokenizer.eos_id)
   if step is not None:
     raise errors.ConfigError(f'step={step} picks a checkpoint of a training run, and {source} is not one.')
   if not os.path.isdir(source) and not _HUB_ID.fullmatch(source):

@@ -241,9 +241,9 @@ def generate(model, input_ids, attention_mask=None, *, max_length: Optional[int]
 
 
 def _eos_ids(model, eos_token_id) -> tuple[int, ...]:
-  """The eos ids: those given, else the model's (``model.eos_token_id``, else its tokenizer's)."""
+  """The eos ids: those given ([] for none), else the model's (``model.eos_id``, else its tokenizer's)."""
   if eos_token_id is None:
-    eos_token_id = getattr(model, 'eos_token_id', None)
+    eos_token_id = getattr(model, 'eos_id', None)
   if eos_token_id is None:
     tokenizer = getattr(model, 'tokenizer', None)
     eos_token_id = getattr(tokenizer, 'eos_id', None)

@@ -33,7 +33,7 @@ def tiny_model(eos=None):
 
 class _WithEos:
   def __init__(self, kind, params, eos):
-    self.kind, self.params, self.eos_token_id = kind, params, eos
+    self.kind, self.params, self.eos_id = kind, params, eos
 
 
 def test_prompt_ids_start_with_eos_and_keep_the_end(capsys):
