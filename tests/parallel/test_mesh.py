@@ -85,3 +85,18 @@ def test_restore_across_meshes_is_bitwise(worker, reference, parallel_dir):
     assert sorted(here) == sorted(saved.files)
     for k in saved.files:
       np.testing.assert_array_equal(here[k], saved[k], err_msg=f'{source}: {k}')
+
+
+@pytest.mark.parametrize('name', [n for n in worker_lib.RUNS if n != 'pmap'])
+def test_decoding_under_every_strategy_matches_one_device(worker, reference, parallel_dir, name):
+  """Greedy and beam search from each strategy's trained parameters, decoded where they lie under its
+  mesh and rules, give the tokens (and beam scores) of the fsdp run's parameters decoded on one device."""
+  result = ok(worker, name)['decoded']
+  trainer = reference['trainer']
+  ckpts = ckpt_lib.Checkpoints(str(parallel_dir / 'ckpt_fsdp'), trainer.config.checkpoint, read_only=True)
+  state, _ = ckpts.restore(common.STEPS, trainer.abstract_state)
+  ckpts.close()
+  here = worker_lib.decode(trainer.kind, state.params)
+  assert result['greedy'] == here['greedy'] and result['beam'] == here['beam']
+  np.testing.assert_allclose(result['beam_scores'], here['beam_scores'], rtol=1e-4)
+  assert len({t for row in here['greedy'] for t in row[0]}) > 2

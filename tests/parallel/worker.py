@@ -4,7 +4,9 @@
 
 (started by tests/parallel/conftest.py). Writes OUT_DIR/results.json, one entry per
 run: the per-step losses, the per-device and replicated bytes of params + optimizer
-state, every parameter's shard shape; an entry with 'error' holds the traceback.
+state, every parameter's shard shape, and (decoder, not pmap) the greedy and beam-search
+tokens of two prompts decoded from the trained parameters where they lie, under the
+run's mesh and rules; an entry with 'error' holds the traceback.
 Also OUT_DIR/init.npz (the first strategy's initial state) and checkpoints for the
 cross-mesh restore: fsdp=8 saves its trained state to OUT_DIR/ckpt_fsdp; the
 fsdp=4×tensor=2 run restores it (compared bitwise here) and saves it again to
@@ -68,10 +70,26 @@ def run(name: str, tmp: pathlib.Path, out: pathlib.Path, shared: dict, kind: str
     result['losses'] = losses
     if name in EVALUATED:
       result['eval_loss'] = trainer.evaluate(state.params)['eval_loss']
+    if decoder and name != 'pmap':
+      result['decoded'] = decode(trainer.kind, state.params)
     if decoder and name == 'fsdp':
       save(state, out / 'ckpt_fsdp', config)
       np.savez(out / 'fsdp_trained.npz', **common.flatten(state))
   return result
+
+
+PROMPTS = ([5, 6, 7], [8, 9, 10, 11, 12, 13, 14])
+
+
+def decode(kind, params) -> dict:
+  """Greedy and beam-search tokens of PROMPTS (one left-padded batch) from ``params`` as they are placed."""
+  from llm_jax import generation
+  prompt, lengths = generation.left_padded(PROMPTS)
+  greedy = generation.decode(kind, params, prompt, lengths=lengths, max_new_tokens=10)
+  beams = generation.decode(kind, params, prompt, lengths=lengths, max_new_tokens=10, num_beams=3,
+                            num_return_sequences=2, eos_ids=(1,))
+  return dict(greedy=np.asarray(greedy.tokens).tolist(), beam=np.asarray(beams.tokens).tolist(),
+              beam_scores=np.asarray(beams.scores).tolist())
 
 
 def save(state, workdir: pathlib.Path, config) -> None:
