@@ -32,14 +32,11 @@ LAYOUT = (('norm', 'layernorm'), ('norm_placement', 'post'), ('embed_norm', True
 HEADS = {'mlm': 'BertForMaskedLM', 'classify': 'BertForSequenceClassification', 'none': 'BertModel'}
 
 
-def _norm(ours: str, theirs: str, group: str = 'body', base: bool = True) -> list[Rule]:
-  return [Rule(f'{ours}/scale', f'{theirs}.weight', group=group, base=base),
-          Rule(f'{ours}/bias', f'{theirs}.bias', group=group, base=base)]
+_norm = table.norm_rules
 
 
 def _dense(ours: str, theirs: str, group: str = 'body', base: bool = True) -> list[Rule]:
-  return [Rule(f'{ours}/kernel', f'{theirs}.weight', LINEAR, group=group, base=base),
-          Rule(f'{ours}/bias', f'{theirs}.bias', group=group, base=base)]
+  return table.dense_rules(f'{ours}/kernel', f'{ours}/bias', theirs, group, base)
 
 
 @table.register

@@ -15,7 +15,7 @@ BLOOM has no position limit; ``max_len`` (the KV cache) is free, 2048 unless giv
 
 from llm_jax.convert import causal
 from llm_jax.convert import table
-from llm_jax.convert.table import HEADS_OUT, LINEAR, Mismatch, Rule, Transform
+from llm_jax.convert.table import HEADS_OUT, Mismatch, Rule, Transform
 from llm_jax.models.layers import TransformerConfig
 
 MAX_LEN = 2048  # from_pretrained's KV cache length when config.json names none (seq_length)
@@ -39,12 +39,11 @@ LAYOUT = (('pos_encoding', 'alibi'), ('norm', 'layernorm'), ('norm_placement', '
           ('embed_norm', True), ('mlp_activation', 'gelu_tanh'))
 
 
-def _norm(ours: str, theirs: str) -> list[Rule]:
-  return [Rule(f'{ours}/scale', f'{theirs}.weight'), Rule(f'{ours}/bias', f'{theirs}.bias')]
+_norm = table.norm_rules
 
 
 def _dense(ours: str, theirs: str) -> list[Rule]:
-  return [Rule(ours, f'{theirs}.weight', LINEAR), Rule(f'{ours}_bias', f'{theirs}.bias')]
+  return table.dense_rules(ours, f'{ours}_bias', theirs)
 
 
 @table.register

@@ -4,12 +4,15 @@ The run's newest finished checkpoint (or ``step``) becomes ``out_dir`` holding
 
   config.json          the family's config for the model (``Family.hf_config``): BERT's
                        BertForMaskedLM for head 'mlm', BertForSequenceClassification for
-                       'classify', BertModel for 'none'
+                       'classify', BertModel for 'none'; a decoder as GPT2LMHeadModel,
+                       BloomForCausalLM or LlamaForCausalLM, whichever layout it has
+                       (``table.for_export``), its bos/eos_token_id those of the tokenizer
   model.safetensors    every parameter through its table rule, in Hugging Face's layout
   tokenizer files      those the run's cache dir (``data.cache_dir(config, workdir)``) holds
                        in Hugging Face's formats: vocab.txt, a tokenizer JSON of the
                        ``tokenizers`` library (written as tokenizer.json), tokenizer_config.json
-                       and special_tokens_map.json (written when absent)
+                       and special_tokens_map.json (tokenizer_config.json written when absent,
+                       naming the special tokens the run's tokenizer uses)
 
 so that ``transformers``' ``AutoModel*.from_pretrained(out_dir)`` loads it. A run whose
 tokenizer has no Hugging Face form ('char', 'byte', 'sentencepiece') is exported without
@@ -39,6 +42,7 @@ from llm_jax.models import blocks
 
 VOCAB = 'vocab.txt'
 TOKENIZER_JSON = 'tokenizer.json'
+SPEC_FILE = 'tokenizer.json'  # in a run's cache dir: llm_jax's spec of its tokenizer (data.tokenizers)
 COPIED = ('tokenizer_config.json', 'special_tokens_map.json')
 SPECIAL_TOKENS = {'unk_token': '[UNK]', 'sep_token': '[SEP]', 'pad_token': '[PAD]', 'cls_token': '[CLS]',
                   'mask_token': '[MASK]'}
@@ -72,8 +76,9 @@ def export(workdir: str, out_dir: str, step: Optional[int] = None) -> dict:
   tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.normpath(out_dir))}.tmp-',
                          dir=os.path.dirname(os.path.abspath(out_dir)))
   try:
-    hf.write(tmp, family.hf_config(kind.cfg, architecture), tensors)
     tokenizer = _tokenizer_files(data_lib.cache_dir(config, workdir), tmp, family, kind.cfg.max_len)
+    hf_config = family.hf_config(kind.cfg, architecture)
+    hf.write(tmp, {**hf_config, **_token_ids(tmp, hf_config)} if tokenizer else hf_config, tensors)
     if os.path.isdir(out_dir):
       os.rmdir(out_dir)  # empty (checked above)
     os.replace(tmp, out_dir)
@@ -159,12 +164,41 @@ def _tokenizer_files(cache: str, out: str, family: table.Family, max_len: int) -
   if COPIED[0] not in written:
     tokens = _vocabulary(out)
     specials = {k: v for k, v in SPECIAL_TOKENS.items() if v in tokens}
+    roles = _json(os.path.join(cache, SPEC_FILE)).get('special_tokens') or {}  # llm_jax's saved tokenizer's
+    specials.update({f'{role}_token': name for role, name in roles.items() if name in tokens})
     settings = {'tokenizer_class': family.tokenizer_class, 'do_lower_case': _lowercase(out, tokens),
                 'model_max_length': max_len, **specials}
     with open(os.path.join(out, COPIED[0]), 'w', encoding='utf-8') as f:
       json.dump(settings, f, indent=2, sort_keys=True)
     written.append(COPIED[0])
   return sorted(written)
+
+
+def _json(path: str) -> dict:
+  try:
+    with open(path, encoding='utf-8') as f:
+      value = json.load(f)
+  except (OSError, ValueError, UnicodeDecodeError):
+    return {}
+  return value if isinstance(value, dict) else {}
+
+
+def _token_ids(out: str, hf_config: dict) -> dict:
+  """{'bos_token_id': id, 'eos_token_id': id, ...} of the exported tokenizer, for the fields
+  ``hf_config`` has (the decoders': generation stops at eos)."""
+  settings = _json(os.path.join(out, COPIED[0]))
+  vocab = {}
+  if os.path.isfile(os.path.join(out, TOKENIZER_JSON)):
+    spec = _json(os.path.join(out, TOKENIZER_JSON))
+    model = spec.get('model') or {}
+    vocab = dict(model['vocab']) if isinstance(model.get('vocab'), dict) else {}
+    vocab.update({t['content']: t['id'] for t in spec.get('added_tokens', [])})
+  out_ids = {}
+  for role in ('bos', 'eos', 'pad'):
+    name = settings.get(f'{role}_token') or (settings.get('cls_token') if role == 'bos' else None)
+    if f'{role}_token_id' in hf_config and name in vocab:
+      out_ids[f'{role}_token_id'] = vocab[name]
+  return out_ids
 
 
 def _vocabulary(out: str) -> set[str]:

@@ -46,8 +46,7 @@ LAYOUT = (('pos_encoding', 'learned'), ('norm', 'layernorm'), ('norm_placement',
           ('embed_norm', False))
 
 
-def _norm(ours: str, theirs: str) -> list[Rule]:
-  return [Rule(f'{ours}/scale', f'{theirs}.weight'), Rule(f'{ours}/bias', f'{theirs}.bias')]
+_norm = table.norm_rules
 
 
 @table.register

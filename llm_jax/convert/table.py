@@ -116,6 +116,18 @@ class Rule:
     return self.transform.to_theirs(parts if isinstance(self.ours, tuple) else parts[0], cfg)
 
 
+def norm_rules(ours: str, theirs: str, group: str = 'body', base: bool = True) -> list[Rule]:
+  """A LayerNorm's two rules: ``ours``/scale and /bias <- ``theirs``.weight and .bias."""
+  return [Rule(f'{ours}/scale', f'{theirs}.weight', group=group, base=base),
+          Rule(f'{ours}/bias', f'{theirs}.bias', group=group, base=base)]
+
+
+def dense_rules(kernel: str, bias: str, theirs: str, group: str = 'body', base: bool = True) -> list[Rule]:
+  """A torch Linear's two rules: ``kernel`` [in, out] <- ``theirs``.weight [out, in], ``bias`` <- .bias."""
+  return [Rule(kernel, f'{theirs}.weight', LINEAR, group=group, base=base),
+          Rule(bias, f'{theirs}.bias', group=group, base=base)]
+
+
 @dataclasses.dataclass(frozen=True)
 class Mismatch:
   """A config field whose value differs: ``what`` ('config.model.num_layers'), ours, theirs

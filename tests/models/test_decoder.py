@@ -19,7 +19,7 @@ def _init(cfg, tokens):
   return model, nn.meta.unbox(model.init(jax.random.key(0), tokens)['params'])
 
 
-@pytest.mark.parametrize('pos', ['learned', 'sinusoidal', 'rope'])
+@pytest.mark.parametrize('pos', ['learned', 'sinusoidal', 'rope', 'alibi'])
 def test_packed_row_equals_per_document_runs(pos):
   """Two documents packed in one row give the logits each gives alone."""
   cfg = SMALL.replace(pos_encoding=pos)
