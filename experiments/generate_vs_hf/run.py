@@ -112,6 +112,7 @@ def compare(shape: str) -> dict:
 
 def main(argv):
   del argv
+  import llm_jax  # noqa: F401  (first: its XLA defaults are set before JAX starts)
   import jax
   import torch
   torch.set_num_threads(os.cpu_count() or 1)

@@ -110,7 +110,6 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.n
   return out, np.asarray([len(row) for row in prompts], np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=('kind_name', 'cfg', 'settings'))
 def _decode(kind_name, cfg, settings: Settings, params, prompt, lengths, rng, eos_ids, pad_id):
   s = settings
   kind = kinds.build(kind_name, cfg)
@@ -129,6 +128,19 @@ def _decode(kind_name, cfg, settings: Settings, params, prompt, lengths, rng, eo
   out = search.sample(decoding, max_new_tokens=s.max_new_tokens, rng=rng, temperature=s.temperature, top_k=s.top_k,
                       top_p=s.top_p, eos_ids=eos, pad_id=pad_id, min_new_tokens=s.min_new_tokens)
   return Generated(out.tokens.reshape(b, r, -1), out.lengths.reshape(b, r), None)
+
+
+# XLA:CPU's YNNPACK dot fusions, which llm_jax turns off for the whole process (llm_jax/__init__.py:
+# slower at training shapes), multiply decoding's few rows by a weight matrix about twice as fast
+# (BENCHMARKS.md); decoding programs ask for them back. Other backends get no options.
+CPU_DECODE_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(backend: str):
+  """``_decode`` under ``jax.jit`` for ``backend`` (one cache of compiled programs per backend)."""
+  options = CPU_DECODE_OPTIONS if backend == 'cpu' else None
+  return jax.jit(_decode, static_argnames=('kind_name', 'cfg', 'settings'), compiler_options=options)
 
 
 def decode(kind, params, prompt, *, lengths=None, max_new_tokens: int, rng=None, temperature: float = 0.0,
@@ -161,8 +173,9 @@ def decode(kind, params, prompt, *, lengths=None, max_new_tokens: int, rng=None,
     pad_id = eos_ids[0] if eos_ids else 0
   rng = jax.random.key(0) if rng is None else rng
   cfg = dataclasses.replace(kind.cfg, decode=False)
-  return _decode(kind.name, cfg, settings, _params(params), jnp.asarray(prompt, jnp.int32), jnp.asarray(lengths),
-                 rng, jnp.asarray(eos_ids + (0,), jnp.int32), jnp.int32(pad_id))
+  return compiled(jax.default_backend())(
+      kind.name, cfg, settings, _params(params), jnp.asarray(prompt, jnp.int32), jnp.asarray(lengths), rng,
+      jnp.asarray(eos_ids + (0,), jnp.int32), jnp.int32(pad_id))
 
 
 def _mask_lengths(input_ids: np.ndarray, attention_mask) -> np.ndarray:

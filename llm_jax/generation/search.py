@@ -44,24 +44,28 @@ class BeamOutput(NamedTuple):
 def sample_logits(logits, key, *, temperature: float, top_k: int, top_p: float):
   """Draws one token per row from logits[B, V] (float) -> int32[B].
 
-  temperature 0 is greedy argmax. Otherwise logits / temperature, then top-k (keep
-  the k largest; 0 = off), then nucleus top-p (keep the smallest set of most likely
-  tokens whose probability reaches top_p, the top token always; 1.0 = off), then a
-  categorical draw. Tokens tied with the last kept logit are kept as well.
+  temperature 0 is greedy argmax. Otherwise logits / temperature, then top-k (the k
+  largest; 0 = off), then nucleus top-p (the smallest set of most likely tokens whose
+  probability reaches top_p, the top token always; 1.0 = off), then a categorical draw
+  among what is left. The draw runs over the k candidates only (with top-k) or over the
+  sorted vocabulary (top-p alone), never over masked copies of the whole vocabulary.
   """
   if temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits.astype(jnp.float32) / temperature
   if 0 < top_k < logits.shape[-1]:
-    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
+    values, index = jax.lax.top_k(logits, top_k)        # sorted, largest first
+  elif top_p < 1.0:
+    index = jnp.argsort(-logits, axis=-1)
+    values = jnp.take_along_axis(logits, index, axis=-1)
+  else:
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
   if top_p < 1.0:
-    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(ordered, axis=-1)
+    probs = jax.nn.softmax(values, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
-    threshold = jnp.min(jnp.where(mass_before < top_p, ordered, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < threshold, -jnp.inf, logits)
-  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    values = jnp.where(mass_before < top_p, values, -jnp.inf)
+  choice = jax.random.categorical(key, values, axis=-1)
+  return jnp.take_along_axis(index, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
 def _is_eos(tokens, eos_ids: Sequence[int]):

@@ -105,9 +105,9 @@ def test_left_padded_batch_equals_rows_decoded_alone(name):
 def test_no_recompile_on_new_prompts_or_seeds():
   cfg = VARIANTS['learned']
   greedy(cfg, prompt_rows())
-  size = generation.api._decode._cache_size()  # pylint: disable=protected-access
+  size = generation.api.compiled('cpu')._cache_size()  # pylint: disable=protected-access
   greedy(cfg, prompt_rows(seed=1), rng=jax.random.key(5))
-  assert generation.api._decode._cache_size() == size  # pylint: disable=protected-access
+  assert generation.api.compiled('cpu')._cache_size() == size  # pylint: disable=protected-access
 
 
 def test_unboxed_and_boxed_params_agree():
