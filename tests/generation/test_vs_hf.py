@@ -5,6 +5,13 @@ The weights are large (``decoder_refs``), so the argmax moves from token to toke
 cache or position bug changes the output. The eos token is the one the model's greedy
 output uses most, so that beams finish at many different lengths and the early-stopping
 rules, the length penalty and min_length decide the result.
+
+The beam cases cover the places Hugging Face's own beam search was wrong and fixed: the
+best possible score of a running beam depends on the sign of the length penalty
+(transformers #20901, standardized with early_stopping='never' in #21368: penalties 2.0
+and -0.5 under each mode), a decoder-only model's scores are normalized by the new tokens,
+not the prompt (#27351: prompts of 9 tokens), and each prompt of a batch stops by itself
+(#38778: three prompts in one batch).
 """
 
 import functools
