@@ -15,7 +15,9 @@ llm_jax.bench``, README "Benchmarks and results"):
   XLA's Eigen path. The batched products of attention run at 125–165 GFLOP/s through
   YNN against 205–255 through Eigen on 2 cores, and the shakespeare_char step reached
   0.71 MFU with YNN against 0.73–0.75 without. It also keeps clear of the YNN-fusion
-  miscompilations reported for jaxlib 0.11 on the CPU.
+  miscompilations reported for jaxlib 0.11 on the CPU. Decoding programs, whose matrix
+  products have a few rows, ask for the dot fusions back through their own compiler
+  options (``generation.api.CPU_DECODE_OPTIONS``).
 - ``--xla_cpu_prefer_vector_width=512``, only on CPUs with AVX-512: XLA's generated
   loops (GELU, softmax, norms, Adam) use 512-bit vectors instead of 256-bit ones;
   GELU's forward and backward run about twice as fast and the shakespeare_char step
