@@ -316,10 +316,8 @@ def _validate_sample(config: ml_collections.ConfigDict, max_len: int) -> None:
     raise ConfigError(f'config.sample.prompt / eval_prompts decode text, which model.kind={config.model.kind!r} '
                       'does not; leave them empty.')
   from llm_jax.generation import api
-  settings = api.Settings(max_new_tokens=s.max_new_tokens, num_beams=s.num_beams,
-                          temperature=s.temperature if s.num_beams == 1 else 0.0,
-                          top_k=s.top_k, top_p=s.top_p, length_penalty=s.length_penalty,
-                          early_stopping={'true': True, 'false': False}.get(str(s.early_stopping).lower(), 'never'))
+  from llm_jax.generation import text
+  settings = api.Settings(**text.config_settings(s))
   try:
     api.check(max_len, (1, 1), settings)
   except ValueError as e:

@@ -52,11 +52,6 @@ def define_flags():
   flags.DEFINE_integer('seed', 0, 'Seed of the sampling key.')
 
 
-def early_stopping_value(text: str):
-  """'true' | 'false' | 'never' (flags, config.sample) -> True | False | 'never'."""
-  return {'true': True, 'false': False, 'never': 'never'}[str(text).lower()]
-
-
 def main(argv):
   cli.no_positional(argv)
   if FLAGS.workdir and FLAGS.model:
@@ -82,7 +77,7 @@ def main(argv):
   defaults = dict(config.sample) if config is not None else _HF_DEFAULTS
   settings = {name: defaults.get(name, _HF_DEFAULTS[name]) if FLAGS[name].value is None else FLAGS[name].value
               for name in _SETTINGS}
-  settings['early_stopping'] = early_stopping_value(settings['early_stopping'])
+  settings['early_stopping'] = text.early_stopping_value(settings['early_stopping'])
   if settings['num_beams'] > 1 and FLAGS.temperature is None:
     settings['temperature'] = 0.0  # beam search is greedy unless asked otherwise (and then refused, one line)
   max_len = model.kind.cfg.max_len

@@ -7,7 +7,7 @@ and eos_id (llm_jax's tokenizers, or a Hugging Face directory's through
 """
 
 import sys
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -23,6 +23,22 @@ class Completion(NamedTuple):
 
 def _note(message: str) -> None:
   print(f'[llm_jax] {message}', file=sys.stderr, flush=True)
+
+
+def early_stopping_value(text) -> Union[bool, str]:
+  """'true' | 'false' | 'never' (the sample command's flag, config.sample.early_stopping) -> True | False | 'never'.
+
+  Anything else is returned as given, for ``api.check`` to refuse in one line."""
+  return {'true': True, 'false': False, 'never': 'never'}.get(str(text).lower(), text)
+
+
+def config_settings(sample) -> dict:
+  """``complete``'s decoding settings from ``config.sample``: beam search is greedy (its
+  temperature, top_k and top_p are for one beam)."""
+  beams = sample.num_beams > 1
+  return dict(max_new_tokens=sample.max_new_tokens, num_beams=sample.num_beams,
+              temperature=0.0 if beams else sample.temperature, top_k=sample.top_k, top_p=sample.top_p,
+              length_penalty=sample.length_penalty, early_stopping=early_stopping_value(sample.early_stopping))
 
 
 def prompt_ids(tokenizer, prompt: str, max_len: int, max_new_tokens: int, note=_note) -> list[int]:

@@ -130,13 +130,8 @@ def samples(trainer: Trainer, params, prompts: Sequence[str]) -> list[str]:
   """The completions of ``prompts`` under config.sample's settings (the best beam with beam search), seed
   config.seed; decoded from a host copy of ``params`` on one device."""
   from llm_jax.generation import text
-  s = trainer.config.sample
-  early = {'true': True, 'false': False}.get(str(s.early_stopping).lower(), 'never')
   outputs = text.complete(trainer.kind, jax.device_get(params), trainer.dataset.tokenizer, prompts,
-                          max_new_tokens=s.max_new_tokens, seed=trainer.config.seed,
-                          temperature=s.temperature if s.num_beams == 1 else 0.0,
-                          top_k=s.top_k, top_p=s.top_p, num_beams=s.num_beams, length_penalty=s.length_penalty,
-                          early_stopping=early)
+                          seed=trainer.config.seed, **text.config_settings(trainer.config.sample))
   return [row[0].text for row in outputs]
 
 
