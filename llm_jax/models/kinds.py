@@ -23,6 +23,7 @@ Kinds register themselves by name (``@register('decoder')``) from their modules
 (``decoder.py``, ``encoder.py``); ``build`` imports them on first use.
 """
 
+import abc
 import math
 from typing import Any, Callable, ClassVar, NamedTuple
 
@@ -95,7 +96,7 @@ class Decoding(NamedTuple):
   cache_batch_axis: int = 0
 
 
-class ModelKind:
+class ModelKind(abc.ABC):
   """The seam between one kind of model and the code that trains, serves and measures it."""
   name: ClassVar[str]
   heads: ClassVar[tuple[str, ...]] = ()   # the cfg.head values this kind takes
@@ -105,21 +106,23 @@ class ModelKind:
     self.module = self.make_module(cfg)
 
   @classmethod
+  @abc.abstractmethod
   def features_of(cls, head: str) -> str:
     """The data featurizer (``data/features.py``) for batches of this kind with ``head``."""
-    raise NotImplementedError
 
   @property
   def features(self) -> str:
     return self.features_of(self.cfg.head)
 
+  @abc.abstractmethod
   def make_module(self, cfg: TransformerConfig) -> nn.Module:
-    raise NotImplementedError  # every registered kind defines it
+    """The kind's Flax module for ``cfg``."""
 
   # ---- the batch -------------------------------------------------------------------------
 
+  @abc.abstractmethod
   def schema(self, batch: int, length: int) -> dict[str, jax.ShapeDtypeStruct]:
-    raise NotImplementedError
+    """{feature: ShapeDtypeStruct}: exactly what a batch of ``batch`` rows of ``length`` holds."""
 
   def example_batch(self, batch: int, length: int) -> dict[str, jax.Array]:
     return {k: jnp.zeros(s.shape, s.dtype) for k, s in self.schema(batch, length).items()}
@@ -145,19 +148,22 @@ class ModelKind:
 
   # ---- the model -------------------------------------------------------------------------
 
+  @abc.abstractmethod
   def init(self, rng, batch: dict):
-    raise NotImplementedError
+    """The module's variables, initialized from ``rng`` on an example ``batch``."""
 
   def abstract_params(self, length: int = 0):
     """The parameters' ShapeDtypeStructs (unboxed), from a one-row example batch (no compute)."""
     batch = self.example_batch(1, length or self.cfg.max_len)
     return nn.meta.unbox(jax.eval_shape(self.init, jax.random.key(0), batch)['params'])
 
+  @abc.abstractmethod
   def loss(self, params, batch: dict, *, dropout_key=None, z_loss: float = 0.0, chunk_size: int = 0) -> dict:
-    raise NotImplementedError
+    """Sums over ``batch`` (module docstring): loss_sum, weight_sum and the counts ``metrics`` reads."""
 
+  @abc.abstractmethod
   def metrics(self, sums: dict, prefix: str) -> dict:
-    raise NotImplementedError
+    """{prefix + name: value} from summed ``loss`` outputs."""
 
   # ---- cost ------------------------------------------------------------------------------
 
