@@ -38,9 +38,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   m = c.model
   m.kind = 'decoder'              # model kind: 'decoder' (GPT-style causal LM) | 'encoder' (BERT-style)
-  m.head = 'lm'                   # decoder: 'lm'; encoder: 'mlm' (masked LM) | 'classify' | 'none' (hidden states)
+                                  # | 'encoder_decoder' (T5-style seq2seq)
+  m.head = 'lm'                   # decoder, encoder_decoder: 'lm'; encoder: 'mlm' (masked LM) | 'classify'
+                                  # | 'none' (hidden states)
   m.num_classes = 0               # head='classify': number of labels
-  m.num_layers = 4                # transformer blocks L
+  m.num_layers = 4                # transformer blocks L (encoder_decoder: of the encoder)
+  m.num_decoder_layers = -1       # encoder_decoder: decoder blocks (-1: num_layers)
   m.num_heads = 4                 # query heads N
   m.num_kv_heads = -1             # key/value heads K (-1: = num_heads; 1: multi-query)
   m.emb_dim = 128                 # model width D
@@ -49,9 +52,16 @@ def base_config() -> ml_collections.ConfigDict:
   m.max_len = -1                  # position table / KV cache length (-1: data.seq_len)
   m.dropout_rate = 0.0            # residual, embedding and MLP dropout
   m.attention_dropout_rate = 0.0  # dropout on attention probabilities ('xla' kernel only)
-  m.pos_encoding = 'learned'      # 'learned' | 'sinusoidal' | 'rope' | 'alibi' (BLOOM's attention bias) | 'none'
+  m.pos_encoding = 'learned'      # 'learned' | 'sinusoidal' | 'rope' | 'alibi' (BLOOM's attention bias)
+                                  # | 't5_relative' (T5's learned relative buckets; encoder_decoder) | 'none'
+  m.relative_buckets = 32         # t5_relative: buckets per stack (half per direction in the encoder)
+  m.relative_max_distance = 128   # t5_relative: distances past this share the last bucket
+  m.attention_scale = True        # scale attention logits by 1/sqrt(head_dim) (False: T5, which folds it
+                                  # into the query weights' initialization)
+  m.rescale_output = True         # encoder_decoder: logits of hidden·emb_dim^-0.5 (the original T5; not v1.1)
   m.rope_theta = 10000.0          # RoPE base
-  m.mlp_activation = 'gelu_tanh'  # 'relu' | 'gelu_tanh' (GPT-2's approximation) | 'gelu_exact' (BERT's erf) | 'swiglu'
+  m.mlp_activation = 'gelu_tanh'  # 'relu' | 'gelu_tanh' (GPT-2's approximation) | 'gelu_exact' (BERT's erf)
+                                  # | 'swiglu' | 'geglu' (gated tanh-GELU: T5 v1.1, flan-t5)
   m.norm = 'layernorm'            # 'layernorm' | 'rmsnorm'
   m.norm_placement = 'pre'        # 'pre' (GPT-2) | 'post' (original Transformer, BERT)
   m.norm_eps = 1e-5               # epsilon of every norm (BERT: 1e-12)
@@ -83,7 +93,13 @@ def base_config() -> ml_collections.ConfigDict:
   d.eval_fraction = 0.05          # dataset='files': share held out for evaluation
   d.data_dir = ''                 # TFDS data_dir ('' = TFDS default)
   d.manual_dir = ''               # TFDS manual_dir for datasets that cannot download
-  d.seq_len = 128                 # tokens per training row T
+  d.seq_len = 128                 # tokens per training row T (encoder_decoder: source tokens S)
+  d.target_len = -1               # encoder_decoder: target tokens per row (-1: seq_len)
+  d.source_key = 'source'         # seq2seq: the field holding the source text (TFDS translate: a language, 'en')
+  d.target_key = 'target'         # seq2seq: the field holding the target text ('fr')
+  d.task_prefix = ''              # seq2seq: text put before every source ('translate English to French: ')
+  d.target_files = ''             # dataset='pairs': aligned target files, line by line with data.files
+                                  # ('' : data.files are TSV files, source<TAB>target per line)
   d.tokenizer = 'char'            # 'char' | 'byte' | 'sentencepiece' | 'wordpiece' (trained here) | 'pretrained'
   d.tokenizer_path = ''           # tokenizer='pretrained': a model directory (tokenizer.json or vocab.txt)
   d.vocab_size = 8000             # sentencepiece / wordpiece vocabulary size
@@ -105,7 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
   t.learning_rate = 1e-3          # peak learning rate
   t.end_learning_rate = 1e-4      # learning rate at the end of the decay
   t.warmup_steps = 100            # linear warmup from 0
-  t.schedule = 'cosine'           # 'cosine' | 'linear' | 'constant' (after warmup)
+  t.schedule = 'cosine'           # 'cosine' | 'linear' | 'constant' (after warmup) | 'rsqrt' (peak·sqrt(warmup/step)
+                                  # after warmup: Vaswani et al.'s inverse square root)
   t.decay_steps = -1              # steps of warmup + decay (-1: steps)
   t.b1 = 0.9
   t.b2 = 0.99
@@ -116,6 +133,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.decay_embeddings = True       # ... to embedding tables
   t.grad_clip = 1.0               # global-norm clipping (0: off)
   t.z_loss = 0.0                  # weight of log(Z)^2 (PaLM); 0: off
+  t.label_smoothing = 0.0         # share of each target's probability spread over the vocabulary (Vaswani et al.: 0.1)
   t.loss_chunk_size = 0           # >0: output projection + loss over this many positions of every row at a
                                   # time (no [B,T,V] logits; a last shorter slice if it does not divide T); 0: off
   t.nonfinite = 'abort'           # NaN/Inf loss, grad or param norm: 'abort' (exit 3, no save) | 'skip' (drop the update)
@@ -123,6 +141,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 250        # 0: evaluate only at the end
   c.eval.max_batches = 0          # eval batches (of train.batch_size rows) per evaluation (0: whole split)
+  c.eval.bleu_examples = 0        # encoder_decoder: eval examples decoded for BLEU (sacrebleu) each evaluation (0: off)
+  c.eval.num_beams = 1            # ... decoded with this many beams (1: greedy)
+  c.eval.max_decode_len = -1      # ... new tokens at most (-1: data.target_len)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                # data-parallel axis size (-1: the devices left over)
@@ -145,7 +166,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict()  # decoding for the samples a run prints and `python -m llm_jax.sample`
   c.sample.prompt = ''            # if set, sample this prompt at the end of training
   c.sample.eval_prompts = ''      # '|'-separated prompts decoded at every evaluation: WORKDIR/samples.jsonl and
-                                  # TensorBoard's text tab ('' = none; decoder models)
+                                  # TensorBoard's text tab ('' = none; encoder_decoder: sources to translate)
   c.sample.max_new_tokens = 200
   c.sample.temperature = 0.8      # 0: greedy
   c.sample.top_k = 0              # keep the k most likely tokens (0: off)
@@ -206,7 +227,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   if t.loss_chunk_size < 0:
     raise ConfigError(f'config.train.loss_chunk_size={t.loss_chunk_size} must be >= 0 (0: off).')
   _one_of('model.attention_kernel', m.attention_kernel, attention_kernels.names())
-  _one_of('train.schedule', t.schedule, ('cosine', 'linear', 'constant'))
+  _one_of('train.schedule', t.schedule, ('cosine', 'linear', 'constant', 'rsqrt'))
+  if t.schedule == 'rsqrt' and t.warmup_steps < 1:
+    raise ConfigError("config.train.schedule='rsqrt' decays as sqrt(warmup_steps / step): set "
+                      'config.train.warmup_steps >= 1 (Vaswani et al.: 4000).')
+  _validate_seq2seq(config)
   _one_of('parallelism', config.parallelism, ('jit', 'pmap'))
   if m.emb_dim % m.num_heads and m.head_dim == -1:
     raise ConfigError(f'config.model.num_heads={m.num_heads} does not divide config.model.emb_dim='
@@ -221,7 +246,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   if m.max_len != -1 and d.seq_len > m.max_len:
     raise ConfigError(f'config.data.seq_len={d.seq_len} is longer than config.model.max_len={m.max_len} '
                       f'positions; raise max_len or lower seq_len.')
-  if layers.position_bias(m.pos_encoding) and not attention_kernels.supports_bias(m.attention_kernel):
+  is_bias = layers.position_bias(m.pos_encoding) or m.pos_encoding in layers.LEARNED_BIAS
+  if is_bias and not attention_kernels.supports_bias(m.attention_kernel):
     raise ConfigError(f'config.model.pos_encoding={m.pos_encoding!r} is an attention bias, which '
                       f'config.model.attention_kernel={m.attention_kernel!r} does not take; use attention_kernel=auto, '
                       'blocked or xla.')
@@ -254,9 +280,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     raise ConfigError(f'config.train.stop_at={t.stop_at} must be in 1..train.steps={t.steps} (or -1).')
   if t.warmup_steps < 0:
     raise ConfigError(f'config.train.warmup_steps={t.warmup_steps} must be >= 0.')
-  max_len = m.max_len if m.max_len != -1 else d.seq_len
+  max_len = m.max_len if m.max_len != -1 else default_max_len(config)
   _validate_sample(config, max_len)
-  if config.sample.prompt and config.sample.max_new_tokens >= max_len:
+  if config.sample.prompt and config.sample.max_new_tokens >= max_len and m.kind != 'encoder_decoder':
     raise ConfigError(f'config.sample.max_new_tokens={config.sample.max_new_tokens} leaves no room for the prompt '
                       f'in {max_len} positions (config.model.max_len); lower it below {max_len}.')
   _one_of('train.nonfinite', t.nonfinite, ('abort', 'skip'))
@@ -312,7 +338,7 @@ def _validate_sample(config: ml_collections.ConfigDict, max_len: int) -> None:
   _one_of('sample.early_stopping', str(s.early_stopping).lower(), ('true', 'false', 'never'))
   if not (s.prompt or s.eval_prompts):
     return
-  if config.model.kind != 'decoder':
+  if config.model.kind not in ('decoder', 'encoder_decoder'):
     raise ConfigError(f'config.sample.prompt / eval_prompts decode text, which model.kind={config.model.kind!r} '
                       'does not; leave them empty.')
   from llm_jax.generation import api
@@ -322,6 +348,37 @@ def _validate_sample(config: ml_collections.ConfigDict, max_len: int) -> None:
     api.check(max_len, (1, 1), settings)
   except ValueError as e:
     raise ConfigError(f'config.sample: {e}') from None
+
+
+def _validate_seq2seq(config: ml_collections.ConfigDict) -> None:
+  """ConfigError for settings of the encoder-decoder kind that cannot run, or that other kinds do not have."""
+  m, d, t, e = config.model, config.data, config.train, config.eval
+  seq2seq = m.kind == 'encoder_decoder'
+  if m.pos_encoding in layers.LEARNED_BIAS and not seq2seq:
+    raise ConfigError(f'config.model.pos_encoding={m.pos_encoding!r} is built per stack by the encoder_decoder kind '
+                      f'only; with model.kind={m.kind!r} use learned, sinusoidal, rope or alibi.')
+  if not 0 <= t.label_smoothing < 1:
+    raise ConfigError(f'config.train.label_smoothing={t.label_smoothing} must be in [0, 1) (Vaswani et al.: 0.1).')
+  if t.label_smoothing and t.loss_chunk_size:
+    raise ConfigError('config.train.label_smoothing has no chunked form; set config.train.loss_chunk_size=0 '
+                      'or label_smoothing=0.')
+  if t.label_smoothing and not seq2seq and m.kind != 'decoder':
+    raise ConfigError(f'config.train.label_smoothing is for token targets; model.kind={m.kind!r} does not take it.')
+  if d.target_len != -1 and d.target_len < 1:
+    raise ConfigError(f'config.data.target_len={d.target_len} must be >= 1 (or -1: data.seq_len).')
+  if m.num_decoder_layers != -1 and (not seq2seq or m.num_decoder_layers < 1):
+    raise ConfigError(f'config.model.num_decoder_layers={m.num_decoder_layers}: set it >= 1 for '
+                      f'model.kind=encoder_decoder, and -1 for model.kind={m.kind!r}.' if seq2seq else
+                      f'config.model.num_decoder_layers is for model.kind=encoder_decoder; model.kind={m.kind!r} '
+                      'has num_layers only (leave it -1).')
+  if e.bleu_examples < 0 or e.num_beams < 1:
+    raise ConfigError(f'config.eval.bleu_examples={e.bleu_examples} must be >= 0 and eval.num_beams={e.num_beams} '
+                      '>= 1.')
+  if e.bleu_examples and not seq2seq:
+    raise ConfigError(f'config.eval.bleu_examples decodes translations, which model.kind={m.kind!r} does not; '
+                      'leave it 0.')
+  if e.bleu_examples and not d.eval_split:
+    raise ConfigError('config.eval.bleu_examples needs config.data.eval_split; set one or bleu_examples=0.')
 
 
 def _validate_checkpoint(config: ml_collections.ConfigDict) -> None:
@@ -352,16 +409,21 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides
   fields = dict(
       vocab_size=vocab_size,
       num_layers=m.num_layers,
+      num_decoder_layers=m.num_layers if m.num_decoder_layers == -1 else m.num_decoder_layers,
       num_heads=m.num_heads,
       num_kv_heads=m.num_heads if m.num_kv_heads == -1 else m.num_kv_heads,
       emb_dim=m.emb_dim,
       head_dim=m.head_dim if m.head_dim != -1 else m.emb_dim // m.num_heads,
       mlp_dim=m.mlp_dim if m.mlp_dim != -1 else 4 * m.emb_dim,
-      max_len=m.max_len if m.max_len != -1 else config.data.seq_len,
+      max_len=m.max_len if m.max_len != -1 else default_max_len(config),
       dropout_rate=m.dropout_rate,
       attention_dropout_rate=m.attention_dropout_rate,
       pos_encoding=m.pos_encoding,
       rope_theta=m.rope_theta,
+      relative_buckets=m.relative_buckets,
+      relative_max_distance=m.relative_max_distance,
+      attention_scale=m.attention_scale,
+      rescale_output=m.rescale_output,
       mlp_activation=m.mlp_activation,
       norm=m.norm,
       norm_placement=m.norm_placement,
@@ -383,6 +445,20 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides
   )
   fields.update(overrides)
   return layers.TransformerConfig(**fields)
+
+
+def default_max_len(config: ml_collections.ConfigDict) -> int:
+  """model.max_len when it is -1: data.seq_len; an encoder_decoder's the longer of the source and the
+  decoder's start token + target, so that decoding a whole target fits its positions."""
+  if config.model.kind == 'encoder_decoder':
+    return max(config.data.seq_len, target_len(config) + 1)
+  return config.data.seq_len
+
+
+def target_len(config: ml_collections.ConfigDict) -> int:
+  """Target tokens per row of an encoder_decoder (config.data.target_len, -1: seq_len); seq_len otherwise."""
+  d = config.data
+  return d.seq_len if d.target_len == -1 else d.target_len
 
 
 def from_file(path: str, **overrides) -> ml_collections.ConfigDict:

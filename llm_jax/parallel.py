@@ -52,6 +52,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     (axes.LAYERS, None),
     (axes.POSITION, None),
     (axes.TOKEN_TYPE, None),
+    (axes.RELATIVE, None),
 )
 
 # Ready strategies: config.mesh overrides (-1 takes the devices left over). The sizes

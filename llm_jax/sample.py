@@ -11,7 +11,9 @@ values (``max_new_tokens`` shortened to what fits the model's positions after th
 prompt); a Hugging Face model decodes greedily, 50 new tokens, unless told otherwise.
 ``--max_length`` counts the prompt, as Hugging Face's does. An empty prompt starts a fresh
 document: generation is seeded with the tokenizer's eos token. ``--num_beams`` > 1 is beam
-search; each output is printed with its score.
+search; each output is printed with its score. An encoder-decoder (T5) translates the prompt
+instead of continuing it: its output alone is printed, and ``--max_length`` counts the decoder's
+start token, as Hugging Face's does.
 """
 
 if __name__ == '__main__':
@@ -81,7 +83,9 @@ def main(argv):
   if settings['num_beams'] > 1 and FLAGS.temperature is None:
     settings['temperature'] = 0.0  # beam search is greedy unless asked otherwise (and then refused, one line)
   max_len = model.kind.cfg.max_len
-  prompt_len = max(1, len(model.tokenizer.encode(FLAGS.prompt)))
+  # An encoder-decoder translates the prompt: its decoder starts from one start token (what --max_length counts).
+  seq2seq = getattr(model.kind, 'encoder_decoder', False)
+  prompt_len = 1 if seq2seq else max(1, len(model.tokenizer.encode(FLAGS.prompt)))
   if FLAGS.max_length is not None:
     if FLAGS.max_new_tokens is not None:
       raise errors.ConfigError('give --max_length or --max_new_tokens, not both.')

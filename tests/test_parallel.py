@@ -44,6 +44,11 @@ MODELS = {
         'model.embed_norm': True, 'model.norm_placement': 'post', 'model.use_bias': True,
         'model.num_layers': 2, 'model.emb_dim': 64, 'model.num_heads': 8, 'model.mlp_dim': 128,
         'data.seq_len': 32, 'data.tokenizer': 'byte'},
+    'encoder_decoder_t5': {
+        'model.kind': 'encoder_decoder', 'model.pos_encoding': 't5_relative', 'model.norm': 'rmsnorm',
+        'model.mlp_activation': 'geglu', 'model.attention_scale': False, 'model.tie_embeddings': False,
+        'model.num_layers': 2, 'model.num_decoder_layers': 1, 'model.emb_dim': 64, 'model.num_heads': 8,
+        'model.mlp_dim': 128, 'data.seq_len': 32, 'data.target_len': 16, 'data.tokenizer': 'byte'},
 }
 
 

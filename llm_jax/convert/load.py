@@ -36,6 +36,16 @@ from llm_jax.convert import table
 SCANNED = 'layers'  # blocks.stack_blocks' name for the stacked layers
 
 
+def _scanned(path: str):
+  """(stack prefix, rest) of a scanned leaf's path ('layers/x' -> ('', 'x'), 'decoder/layers/x' ->
+  ('decoder/', 'x')), or None for a leaf outside a scanned stack."""
+  parts = path.split('/')
+  if SCANNED not in parts:
+    return None
+  at = parts.index(SCANNED)
+  return ''.join(p + '/' for p in parts[:at]), '/'.join(parts[at + 1:])
+
+
 def _path(keypath) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in keypath)
 
@@ -103,9 +113,9 @@ def load_params(source: str, kind, fresh_params, what: str = 'config.init_from')
   check_config(family, hf_config, kind.cfg, architecture, directory)
   weights = hf.open_weights(directory)
   leaves = {_path(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(fresh_params)[0]}
-  targets = _unrolled_shapes(leaves, kind.cfg.num_layers)
+  targets = _unrolled_shapes(leaves)
   converted, unused = convert(family, weights, kind.cfg, targets)
-  return _assemble(fresh_params, leaves, converted, kind.cfg.num_layers, unused)
+  return _assemble(fresh_params, leaves, converted, unused)
 
 
 def check_config(family: table.Family, hf_config: dict, cfg, architecture: str, directory: str) -> None:
@@ -123,14 +133,15 @@ def check_config(family: table.Family, hf_config: dict, cfg, architecture: str, 
   raise errors.ConfigError(message)
 
 
-def _unrolled_shapes(leaves: dict, num_layers: int) -> dict[str, tuple[int, ...]]:
+def _unrolled_shapes(leaves: dict) -> dict[str, tuple[int, ...]]:
   """{unrolled path: shape} of the model's parameters; a scanned leaf 'layers/x' [L, ...] is
   'layer_{i}/x' [...] for each layer."""
   out = {}
   for path, leaf in leaves.items():
-    if path.startswith(SCANNED + '/'):
-      rest = path[len(SCANNED) + 1:]
-      out.update({f'layer_{i}/{rest}': tuple(leaf.shape[1:]) for i in range(num_layers)})
+    scanned = _scanned(path)
+    if scanned:
+      stack, rest = scanned
+      out.update({f'{stack}layer_{i}/{rest}': tuple(leaf.shape[1:]) for i in range(leaf.shape[0])})
     else:
       out[path] = tuple(leaf.shape)
   return out
@@ -203,12 +214,14 @@ def _checked(weights: hf.Weights, keys: dict, present: list[str], rule: table.Ru
   return array
 
 
-def _assemble(fresh_params, leaves: dict, converted: dict, num_layers: int, unused: list[str]):
+def _assemble(fresh_params, leaves: dict, converted: dict, unused: list[str]):
   restored, fresh, placed = [], [], {}
   for path, leaf in leaves.items():
-    if path.startswith(SCANNED + '/'):
-      rest = path[len(SCANNED) + 1:]
-      parts = [converted.get(f'layer_{i}/{rest}') for i in range(num_layers)]
+    scanned = _scanned(path)
+    if scanned:
+      stack, rest = scanned
+      num_layers = leaf.shape[0]
+      parts = [converted.get(f'{stack}layer_{i}/{rest}') for i in range(num_layers)]
       found = sum(p is not None for p in parts)
       if found not in (0, num_layers):
         raise errors.ConfigError(f'the checkpoint holds {path} for {found} of {num_layers} layers; give a '

@@ -31,7 +31,7 @@ from llm_jax.models.layers import TransformerConfig
 
 _FAMILIES: dict[str, 'Family'] = {}   # model_type -> family
 _MODULES = ('llm_jax.convert.bert', 'llm_jax.convert.gpt2', 'llm_jax.convert.bloom',
-            'llm_jax.convert.llama')  # each registers its families on import
+            'llm_jax.convert.llama', 'llm_jax.convert.t5')  # each registers its families on import
 
 # Hugging Face's activation names (hidden_act, activation_function) -> mlp_activation. 'gelu_new',
 # 'gelu_fast' and 'gelu_pytorch_tanh' are all the tanh approximation, 'gelu' the erf form.

@@ -2,7 +2,8 @@
 
 ``dataset_for(config, ...)`` is what training reads: the featurizer the model kind asks for
 (``features_of``: 'lm' packed rows, pipeline.py; 'mlm' packed rows with chosen positions to
-predict and 'classify' whole labelled examples, features.py) over ``config.data``.
+predict and 'classify' whole labelled examples, features.py; 'seq2seq' packed (source, target)
+pairs, seq2seq.py) over ``config.data``.
 """
 
 import os

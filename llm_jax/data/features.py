@@ -4,8 +4,11 @@
   'mlm'       packed rows of [CLS] document [SEP] with positions chosen to predict
               (``MaskedLMDataset``; BERT's masked-LM pretraining)
   'classify'  whole labelled examples, [CLS] a [SEP] (b [SEP]) (``ExampleDataset``)
+  'seq2seq'   packed (source, target) pairs for encoder-decoder models
+              (``seq2seq.Seq2SeqDataset``; batches of encoder_* and decoder_* keys)
 
-``load(name, config, ...)`` builds the one a kind names (``ModelKind.features_of``).
+``load(name, config, ...)`` builds the one a kind names (``ModelKind.features_of``); ``names()``
+and ``load`` import the featurizers that live in modules of their own (`_PLUGINS`).
 Each dataset offers what the trainer and the start-up summary read: tokenizer,
 seq_len, global_batch, local_batch, rows_per_epoch, train_tokens, eval_tokens,
 train_batch(step) and eval_batches(max_batches); its batches hold exactly the keys
@@ -16,6 +19,7 @@ processes give the same rows.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
@@ -27,6 +31,7 @@ from llm_jax import errors
 from llm_jax.data import pipeline, sources, tokenizers
 
 _FEATURIZERS = {}
+_PLUGINS = ('llm_jax.data.seq2seq',)  # featurizers in modules of their own, registered on import
 EVAL_SPAWN_KEY = 1  # eval masks come from SeedSequences with this spawn key; training ones have none
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen positions: [MASK], a random token; the rest stay
 
@@ -38,11 +43,18 @@ def register(name: str):
   return wrap
 
 
+def _load_plugins() -> None:
+  for module in _PLUGINS:
+    importlib.import_module(module)
+
+
 def names() -> tuple[str, ...]:
+  _load_plugins()
   return tuple(sorted(_FEATURIZERS))
 
 
 def load(name: str, config, **kwargs):
+  _load_plugins()
   if name not in _FEATURIZERS:
     raise errors.ConfigError(f'no data featurizer {name!r} for config.model.kind={config.model.kind!r} '
                              f'head {config.model.head!r}; known: {", ".join(names())}.')

@@ -12,10 +12,14 @@ is ``datasets.load_dataset('Salesforce/wikitext', 'wikitext-103-raw-v1', split=.
   huggingface.co; offline (the name does not resolve) it fails at once with
   `sources.DatasetUnavailableError` naming the layout to fill and ``--config.data.manual_dir=DIR``.
 
-Records: a table without a `label_key` column is text for language modelling, one
-record {'text'} per non-empty line of its `text_key` column (Wikitext's rows are
-lines already; its blank rows are dropped). A table with that column gives one
-record per row, {'text', 'text_b'? (text_b_key), 'label'}. No TensorFlow on either path.
+Records: a table with the columns `source_key` and `target_key`, or with a
+'translation' column of {language: text} (the Hub's WMT and OPUS datasets; then
+source_key and target_key name two of its languages) and no `text_key` column, gives
+one pair {'source', 'target'} per row. Otherwise a table without a `label_key` column
+is text for language modelling, one record {'text'} per non-empty line of its
+`text_key` column (Wikitext's rows are lines already; its blank rows are dropped). A
+table with that column gives one record per row, {'text', 'text_b'? (text_b_key),
+'label'}. No TensorFlow on either path.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from llm_jax import errors
 from llm_jax.data import sources
 
 PREFIX = 'hf:'
+TRANSLATION = 'translation'
 HUB_HOST = 'huggingface.co'
 _BATCH_ROWS = 8192
 
@@ -45,7 +50,31 @@ def layout(data_cfg, split: str, manual_dir: str = 'DIR') -> str:
   return os.path.join(manual_dir, data_cfg.dataset_config, f'{split}-*.parquet')
 
 
+def _pair_columns(data_cfg, columns: list[str]) -> tuple[str, ...]:
+  """The columns pairs come from: (source_key, target_key), ('translation',) or () for text."""
+  if data_cfg.source_key in columns and data_cfg.target_key in columns:
+    return data_cfg.source_key, data_cfg.target_key
+  if TRANSLATION in columns and data_cfg.text_key not in columns:
+    return (TRANSLATION,)
+  return ()
+
+
+def _pairs(rows: Iterable[dict], columns: tuple[str, ...], data_cfg, origin: str) -> Iterator[dict]:
+  source_key, target_key = data_cfg.source_key, data_cfg.target_key
+  for row in rows:
+    texts = row[TRANSLATION] if columns == (TRANSLATION,) else row
+    if columns == (TRANSLATION,) and not (source_key in texts and target_key in texts):
+      raise errors.DataError(f"the 'translation' column of {origin} holds the languages {sorted(texts)}, not "
+                             f'config.data.source_key={source_key!r} and target_key={target_key!r}; set them '
+                             'to two of those.')
+    yield {'source': texts[source_key] or '', 'target': texts[target_key] or ''}
+
+
 def _records(rows: Iterable[dict], columns: list[str], data_cfg, origin: str) -> Iterator[dict]:
+  pair = _pair_columns(data_cfg, columns)
+  if pair:
+    yield from _pairs(rows, pair, data_cfg, origin)
+    return
   keys = sources.key_map(data_cfg)
   for field, key in keys.items():
     if key not in columns:
@@ -80,7 +109,8 @@ def _from_manual_dir(data_cfg, split: str) -> Iterator[dict]:
         f'{data_cfg.dataset!r}; copy the repository\'s {layout(data_cfg, split, "")} files there (the '
         f'Hub\'s own layout: DIR/<dataset_config>/<split>-*.parquet).')
   columns = pq.ParquetFile(paths[0]).schema_arrow.names
-  wanted = [c for c in (*sources.key_map(data_cfg).values(), data_cfg.label_key) if c in columns]
+  named = (*sources.key_map(data_cfg).values(), data_cfg.label_key, *_pair_columns(data_cfg, columns))
+  wanted = [c for c in dict.fromkeys(named) if c in columns]
   return _records(_parquet_rows(paths, wanted), columns, data_cfg, paths[0])
 
 

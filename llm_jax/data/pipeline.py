@@ -30,10 +30,8 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import shutil
 import tempfile
-import threading
 import time
 from typing import Callable, Iterable, Iterator
 
@@ -41,6 +39,7 @@ import numpy as np
 
 from llm_jax import errors
 from llm_jax.data import sources
+from llm_jax.data.background import prefetch  # noqa: F401  (served from here as ever)
 from llm_jax.data.tokenizers import PAD_ID, Tokenizer, build_tokenizer, tokenizer_class
 
 CACHE_VERSION = 1
@@ -48,9 +47,11 @@ SOURCE_FILE = 'tokenizer_source.json'
 _TOKENIZER_FIELDS = ('dataset', 'text_key', 'train_split', 'files', 'eval_fraction',
                      'max_documents', 'tokenizer', 'vocab_size', 'sp_model_type')
 _STREAM_FIELDS = _TOKENIZER_FIELDS + ('eval_split',)
-# Fields a cache key holds only when set, so that the keys of runs that leave them
-# empty (every run before they existed) stay what they were.
-_OPTIONAL_FIELDS = ('dataset_config', 'text_b_key', 'tokenizer_path')
+# Fields a cache key holds only when set (non-empty and not the default of _UNSET), so
+# that the keys of runs that leave them so (every run before they existed) stay what they were.
+_OPTIONAL_FIELDS = ('dataset_config', 'text_b_key', 'tokenizer_path', 'source_key', 'target_key', 'task_prefix',
+                    'target_files')
+_UNSET = {'source_key': 'source', 'target_key': 'target'}  # config.base_config()'s defaults
 _EPOCH_CACHE = 4
 _CHUNK_DOCS = 65536
 
@@ -232,7 +233,7 @@ def fingerprint(data_cfg, fields: tuple[str, ...], optional: tuple[str, ...] = _
   """What a cache entry was made from: ``fields`` of ``data_cfg``, those of ``optional``
   that are set, and ``extra``."""
   return {'version': CACHE_VERSION, **{k: data_cfg[k] for k in fields},
-          **{k: data_cfg[k] for k in optional if data_cfg[k]}, **extra}
+          **{k: data_cfg[k] for k in optional if data_cfg[k] and data_cfg[k] != _UNSET.get(k)}, **extra}
 
 
 def _key(spec: dict) -> str:
@@ -240,14 +241,19 @@ def _key(spec: dict) -> str:
 
 
 class _Texts:
-  """Re-iterable texts of one split (each record's 'text', then its 'text_b' if any),
-  read again on each iteration (not held in memory)."""
+  """Re-iterable texts of one split, read again on each iteration (not held in memory):
+  each record's 'text', then its 'text_b' if any; of a pair, task_prefix + 'source',
+  then 'target' (so a tokenizer learns both sides and the prefix)."""
 
   def __init__(self, data_cfg, split: str):
     self.data_cfg, self.split = data_cfg, split
 
   def __iter__(self) -> Iterator[str]:
     for record in sources.records(self.data_cfg, self.split):
+      if sources.is_pair(record):
+        yield self.data_cfg.task_prefix + record['source']
+        yield record['target']
+        continue
       yield record['text']
       if record.get('text_b'):
         yield record['text_b']
@@ -350,73 +356,3 @@ def load(data_cfg, *, global_batch: int, seed: int, cache_dir: str, process_inde
                  global_batch=global_batch, seed=seed, process_index=process_index,
                  process_count=process_count, cache_dir=cache_dir,
                  name=f'config.data.dataset={data_cfg.dataset!r} split {data_cfg.train_split!r}')
-
-
-class prefetch:
-  """Runs `iterator` up to `size` items ahead in a background thread (e.g. building
-  NumPy batches and `jax.device_put`), starting at once.
-
-  Iterate it like the iterator itself. An exception raised by the iterator is
-  re-raised in the consumer at the item where it happened. `close()`, leaving a
-  ``with`` block, or dropping the last reference stops the thread (`close` also
-  joins it).
-  """
-
-  _DONE = object()
-
-  def __init__(self, iterator: Iterable, size: int = 2):
-    self._items: queue.Queue = queue.Queue(maxsize=max(1, size))
-    self._stop = threading.Event()
-    self._finished = False
-    self._thread = threading.Thread(target=_produce, args=(iter(iterator), self._items, self._stop),
-                                    name='prefetch', daemon=True)
-    self._thread.start()
-
-  def __iter__(self) -> 'prefetch':
-    return self
-
-  def __next__(self):
-    if self._finished:
-      raise StopIteration
-    item, error = self._items.get()
-    if item is self._DONE or error is not None:
-      self.close()
-      if error is not None:
-        raise error
-      raise StopIteration
-    return item
-
-  def close(self) -> None:
-    self._finished = True
-    self._stop.set()
-    if self._thread is not threading.current_thread():
-      self._thread.join(timeout=10)
-
-  def __enter__(self) -> 'prefetch':
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()
-
-  def __del__(self) -> None:
-    self._stop.set()
-
-
-def _produce(iterator: Iterator, items: queue.Queue, stop: threading.Event) -> None:
-  """The prefetch thread: holds no reference to the `prefetch` object itself."""
-  def put(entry) -> bool:
-    while not stop.is_set():
-      try:
-        items.put(entry, timeout=0.05)
-        return True
-      except queue.Full:
-        pass
-    return False
-
-  try:
-    for item in iterator:
-      if not put((item, None)):
-        return
-    put((prefetch._DONE, None))
-  except BaseException as e:  # handed to the consumer
-    put((prefetch._DONE, e))

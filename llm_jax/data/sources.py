@@ -2,49 +2,49 @@
 
 A source is ``fn(data_cfg, split) -> Iterable[dict]`` yielding records in a fixed
 order: ``{'text': str}`` for language modelling, ``{'text': str, 'label': int}`` or
-``{'text', 'text_b', 'label'}`` for classification. `records(data_cfg, split)` serves
-them checked; `documents(data_cfg, split)` serves the 'text' of each (what the 'lm'
-pipeline packs). Built-in sources register themselves with `@register(name)`; a
-name ending in ':' registers a prefix ('hf:' takes every 'hf:REPO'); any other name
-is looked up in the TFDS catalog (imported only then).
+``{'text', 'text_b', 'label'}`` for classification, ``{'source': str, 'target': str}``
+for sequence-to-sequence (the source without `task_prefix`, which the featurizer adds).
+`records(data_cfg, split)` serves them checked; `documents(data_cfg, split)` serves
+the 'text' of each (what the 'lm' pipeline packs). Built-in sources register
+themselves with `@register(name)`; a name ending in ':' registers a prefix ('hf:'
+takes every 'hf:REPO'); any other name is looked up in the TFDS catalog (imported
+only then).
 
 * 'embedded': the interpreter's own documentation (see `embedded`); splits
   'train' and 'validation'; needs no network. Records {'text'}.
-* 'files': `config.data.files`, comma-separated globs, files in sorted path order;
-  each file is one record {'text'}, except that a file ending in ``.jsonl`` holds one
-  JSON object per line, mapped to a record by `text_key` -> 'text', `text_b_key` ->
-  'text_b' (when set) and `label_key` -> 'label' (when the file's first object has
-  it; then every line must). A line that is not a JSON object or lacks a key is a
-  DataError naming the file and the line. The split named `train_split` gets the
-  files but the last ``ceil(eval_fraction * n)`` (at least one file stays in
-  training); the split named `eval_split` gets those. A single file is split by its
-  tail instead: the last ``round(eval_fraction * len)`` characters (or, for .jsonl,
-  records) are the eval split. Bytes that are not UTF-8 are replaced with U+FFFD,
-  and a warning names the file and the count.
+* 'files' (`local_files`): `config.data.files`, comma-separated globs; each file is
+  one record {'text'}, or a ``.jsonl`` file one record per line; the last files (or a
+  single file's tail) are the eval split.
+* 'pairs' (`pairs`): (source, target) pairs from local TSV files or aligned text files.
 * 'shuffled' (`shuffled`): sentences of the embedded corpus, labelled by whether
   their words are in written order; no network.
+* 'reverse_words', 'sort_words' (`string_tasks`): phrases of the embedded corpus
+  paired with their words reversed or sorted; no network.
 * 'hf:REPO' (`hf_datasets`): a Hugging Face dataset, from a local copy of its
   parquet files (`manual_dir`) or through the `datasets` library.
-* a TFDS name ('tiny_shakespeare', 'lm1b', 'glue/sst2', 'imdb_reviews', ...):
-  prepared into `data_dir`, read unshuffled; feature `text_key` decoded as UTF-8
-  (invalid bytes replaced) is 'text', `text_b_key` (when set) 'text_b', and
-  `label_key` 'label' when the dataset has that feature. When preparation fails
-  (offline, no manual files) a `DatasetUnavailableError` says which directory to
-  fill and to pass ``--config.data.manual_dir=DIR``.
+* a TFDS name ('tiny_shakespeare', 'lm1b', 'glue/sst2', 'imdb_reviews',
+  'wmt14_translate/fr-en', ...): prepared into `data_dir`, read unshuffled. When
+  the dataset has the features `source_key` and `target_key` (a translation
+  dataset's are its languages: --config.data.source_key=en --config.data.target_key=fr)
+  the records are pairs {'source', 'target'} of those features; otherwise feature
+  `text_key` is 'text', `text_b_key` (when set) 'text_b', and `label_key` 'label'
+  when the dataset has that feature. Text features are decoded as UTF-8, invalid
+  bytes replaced. When preparation fails (offline, no manual files) a
+  `DatasetUnavailableError` says which directory to fill, with which files where
+  they are known (`_MANUAL_HINTS`), and to pass ``--config.data.manual_dir=DIR``.
 
-Records with empty 'text' are skipped; `max_documents` > 0 keeps the first that
-many; a split with no text left is a DataError naming the dataset and the split.
+Records with empty 'text' (or an empty 'source') are skipped; a pair with a source
+but an empty 'target' is a DataError naming the dataset, the split and the
+example's index among the source's records; `max_documents` > 0 keeps the first
+that many; a split with no text left is a DataError naming the dataset and the split.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import importlib
 import itertools
-import json
 import logging
-import math
 import os
 import socket
 import sys
@@ -53,16 +53,41 @@ from typing import Any, Callable, Iterable, Iterator
 
 from llm_jax import errors
 
-Record = dict  # {'text': str} | {'text': str, 'label': int} | {'text', 'text_b', 'label'}
+Record = dict  # {'text'} | {'text', 'label'} | {'text', 'text_b', 'label'} | {'source', 'target'}
 Source = Callable[[Any, str], Iterable[Record]]
 
 _SOURCES: dict[str, Source] = {}
-_PLUGINS = ('llm_jax.data.shuffled', 'llm_jax.data.hf_datasets')  # register themselves on import
+_PLUGINS = ('llm_jax.data.local_files', 'llm_jax.data.pairs', 'llm_jax.data.shuffled',
+            'llm_jax.data.string_tasks', 'llm_jax.data.hf_datasets')  # register themselves on import
+
+_STATMT = {  # the archives TFDS's WMT builders download, by where they are published
+    'europarl': 'http://www.statmt.org/wmt13/training-parallel-europarl-v7.tgz',
+    'commoncrawl': 'http://www.statmt.org/wmt13/training-parallel-commoncrawl.tgz',
+    'un': 'http://www.statmt.org/wmt13/training-parallel-un.tgz',
+    'nc9': 'http://www.statmt.org/wmt14/training-parallel-nc-v9.tgz',
+    'nc13': 'http://data.statmt.org/wmt18/translation-task/training-parallel-nc-v13.tgz',
+    'gigafren': 'http://www.statmt.org/wmt10/training-giga-fren.tar',
+    'dev': 'http://data.statmt.org/wmt19/translation-task/dev.tgz',
+}
+_WMT_FILES = {
+    'wmt14_translate/fr-en': ('europarl', 'commoncrawl', 'un', 'nc9', 'gigafren', 'dev'),
+    'wmt14_translate/de-en': ('europarl', 'commoncrawl', 'nc9', 'dev'),
+    'wmt_t2t_translate/de-en': ('europarl', 'commoncrawl', 'nc13', 'dev'),
+}
+
+
+def _wmt_hint(parts: tuple[str, ...]) -> str:
+  urls = [_STATMT[p] for p in parts]
+  return ('TFDS prepares every split at once from statmt.org archives, so put all of them there under '
+          f'their own file names ({", ".join(u.rsplit("/", 1)[1] for u in urls)}), fetched from '
+          f'{" ".join(urls)}')
+
 
 _MANUAL_HINTS = {
     'tiny_shakespeare': 'the file must be named input.txt (it is '
                         'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/'
                         'tinyshakespeare/input.txt)',
+    **{name: _wmt_hint(parts) for name, parts in _WMT_FILES.items()},
 }
 
 
@@ -103,7 +128,7 @@ def _source(name: str) -> Source:
 
 
 def records(data_cfg, split: str) -> Iterator[Record]:
-  """The records of `split` of `data_cfg.dataset` with non-empty 'text', in a fixed order.
+  """The records of `split` of `data_cfg.dataset` with non-empty 'text' (or 'source'), in a fixed order.
 
   The dataset name and any preparation are checked when this is called; the
   empty-split check happens when the returned iterator is exhausted.
@@ -111,13 +136,37 @@ def records(data_cfg, split: str) -> Iterator[Record]:
   return _checked(_source(data_cfg.dataset)(data_cfg, split), data_cfg, split)
 
 
+def is_pair(record: Record) -> bool:
+  """Whether ``record`` is a (source, target) pair rather than text."""
+  return 'source' in record
+
+
 def documents(data_cfg, split: str) -> Iterator[str]:
   """The 'text' of each of `records(data_cfg, split)`: what language modelling reads."""
-  return (record['text'] for record in records(data_cfg, split))
+  def texts(items: Iterator[Record]) -> Iterator[str]:
+    for record in items:
+      if is_pair(record):
+        raise errors.DataError(f'config.data.dataset={data_cfg.dataset!r} holds (source, target) pairs, not the '
+                               'text that language modelling reads; train it with '
+                               '--config.model.kind=encoder_decoder, or use a text dataset.')
+      yield record['text']
+  return texts(records(data_cfg, split))
+
+
+def _non_empty(items: Iterable[Record], data_cfg, split: str) -> Iterator[Record]:
+  for index, record in enumerate(items):
+    if not is_pair(record):
+      if record['text']:
+        yield record
+    elif record['source']:
+      if not record['target']:
+        raise errors.DataError(f'config.data.dataset={data_cfg.dataset!r} split {split!r} example {index} has '
+                               'an empty target; every source needs its target text (fix or drop that pair).')
+      yield record
 
 
 def _checked(items: Iterable[Record], data_cfg, split: str) -> Iterator[Record]:
-  items = (r for r in items if r['text'])
+  items = _non_empty(items, data_cfg, split)
   if data_cfg.max_documents > 0:
     items = itertools.islice(items, data_cfg.max_documents)
   empty = True
@@ -135,7 +184,8 @@ def _embedded(data_cfg, split: str) -> Iterable[Record]:
   return ({'text': text} for text in embedded.documents(split))
 
 
-def _decode(data: bytes, origin: str) -> str:
+def decode(data: bytes, origin: str) -> str:
+  """``data`` as UTF-8, invalid bytes replaced with U+FFFD; a warning names ``origin`` and the count."""
   text = data.decode('utf-8', errors='replace')
   if '\ufffd' in text:
     replaced = text.count('\ufffd') - data.decode('utf-8', errors='ignore').count('\ufffd')
@@ -145,11 +195,6 @@ def _decode(data: bytes, origin: str) -> str:
   return text
 
 
-def _read(path: str) -> str:
-  with open(path, 'rb') as f:
-    return _decode(f.read(), path)
-
-
 def key_map(data_cfg) -> dict[str, str]:
   """{record field: the dataset's name for it} for the text fields: 'text' and, when
   config.data.text_b_key is set, 'text_b'."""
@@ -157,85 +202,6 @@ def key_map(data_cfg) -> dict[str, str]:
   if data_cfg.text_b_key:
     keys['text_b'] = data_cfg.text_b_key
   return keys
-
-
-def _jsonl(path: str, data_cfg) -> Iterator[Record]:
-  """The records of a .jsonl file, one per non-blank line (contract in the module docstring)."""
-  keys, label_key = key_map(data_cfg), data_cfg.label_key
-  labelled = None
-  with open(path, 'rb') as f:
-    for number, raw in enumerate(f, 1):
-      line = _decode(raw, f'{path} line {number}')
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise errors.DataError(f'{path} line {number} is not JSON ({e.msg}); a .jsonl file holds one JSON '
-                               f'object per line.') from None
-      if not isinstance(obj, dict):
-        raise errors.DataError(f'{path} line {number} is a JSON {type(obj).__name__}, not an object; a .jsonl '
-                               f'file holds one JSON object per line.')
-      record = {}
-      for field, key in keys.items():
-        if not isinstance(obj.get(key), str):
-          problem = 'has no key' if key not in obj else 'has a non-string value for'
-          raise errors.DataError(f'{path} line {number} {problem} {key!r} (config.data.{field}_key); its keys '
-                                 f'are {sorted(obj)}: set config.data.{field}_key to the field holding the text.')
-        record[field] = obj[key]
-      if labelled is None:
-        labelled = label_key in obj
-      if labelled:
-        label = obj.get(label_key)
-        if not isinstance(label, int) or isinstance(label, bool):
-          problem = 'has no key' if label_key not in obj else 'has a non-integer value for'
-          raise errors.DataError(f'{path} line {number} {problem} {label_key!r} (config.data.label_key), which '
-                                 f'the file\'s first record has; every record needs an integer label.')
-        record['label'] = label
-      yield record
-
-
-def _file_records(path: str, data_cfg) -> Iterator[Record]:
-  if path.endswith('.jsonl'):
-    return _jsonl(path, data_cfg)
-  return iter([{'text': _read(path)}])
-
-
-@register('files')
-def _files(data_cfg, split: str) -> Iterable[Record]:
-  patterns = [p.strip() for p in data_cfg.files.split(',') if p.strip()]
-  paths = sorted({p for pattern in patterns
-                  for p in glob.glob(os.path.expanduser(pattern), recursive=True)
-                  if os.path.isfile(p)})
-  if not paths:
-    raise errors.DataError(f'config.data.files={data_cfg.files!r} matched no files; give '
-                     'comma-separated globs of text files (each file is one document).')
-  fraction = data_cfg.eval_fraction
-  if not 0 <= fraction < 1:
-    raise errors.DataError(f'config.data.eval_fraction={fraction} must be in [0, 1).')
-  if split not in (data_cfg.train_split, data_cfg.eval_split):
-    raise errors.DataError(f'dataset files has the splits config.data.train_split='
-                     f'{data_cfg.train_split!r} and eval_split={data_cfg.eval_split!r}, '
-                     f'not {split!r}.')
-  is_train = split == data_cfg.train_split
-  if not is_train and fraction == 0:
-    raise errors.DataError(f'config.data.eval_fraction=0 leaves no text for eval split {split!r} of '
-                     "dataset files; set eval_fraction > 0 or config.data.eval_split=''.")
-  if len(paths) == 1 and paths[0].endswith('.jsonl'):
-    def cut_records() -> Iterator[Record]:
-      items = list(_jsonl(paths[0], data_cfg))
-      at = len(items) - round(fraction * len(items))
-      yield from items[:at] if is_train else items[at:]
-    return cut_records()
-  if len(paths) == 1:
-    def cut() -> Iterator[Record]:
-      text = _read(paths[0])
-      at = len(text) - round(fraction * len(text))
-      yield {'text': text[:at] if is_train else text[at:]}
-    return cut()
-  n_eval = min(len(paths) - 1, math.ceil(fraction * len(paths)))
-  chosen = paths[:len(paths) - n_eval] if is_train else paths[len(paths) - n_eval:]
-  return (record for p in chosen for record in _file_records(p, data_cfg))
 
 
 def _tfds_records(data_cfg, split: str) -> Iterable[Record]:
@@ -255,12 +221,14 @@ def _tfds_records(data_cfg, split: str) -> Iterable[Record]:
                      "TFDS text dataset (e.g. 'tiny_shakespeare', 'lm1b').") from None
   _prepare(builder, data_cfg, tfds)
   features = builder.info.features
-  keys = key_map(data_cfg)
+  pair = data_cfg.source_key in features and data_cfg.target_key in features
+  keys = ({'source': data_cfg.source_key, 'target': data_cfg.target_key} if pair else key_map(data_cfg))
   for field, key in keys.items():
     if key not in features:
       raise errors.DataError(f'config.data.{field}_key={key!r} is not a feature of TFDS dataset {name!r}; '
-                       f'it has {sorted(features)}.')
-  label_key = data_cfg.label_key if data_cfg.label_key in features else None
+                       f'it has {sorted(features)} (a translation dataset: set config.data.source_key and '
+                       'target_key to two of its languages).')
+  label_key = data_cfg.label_key if data_cfg.label_key in features and not pair else None
   try:
     ds = builder.as_dataset(split=split, shuffle_files=False)
   except (ValueError, KeyError) as e:
@@ -268,7 +236,7 @@ def _tfds_records(data_cfg, split: str) -> Iterable[Record]:
                      'config.data.train_split / eval_split).') from e
 
   def record(example) -> Record:
-    out = {field: _decode(example[key], f'{name}/{split}') for field, key in keys.items()}
+    out = {field: decode(example[key], f'{name}/{split}') for field, key in keys.items()}
     if label_key:
       out['label'] = int(example[label_key])
     return out
@@ -346,7 +314,7 @@ def _prepare(builder, data_cfg, tfds) -> None:
   except Exception as e:  # offline, missing manual files, a dead URL: all end the same way
     name = data_cfg.dataset
     where = manual_dir or os.path.join(builder.data_dir_root, 'downloads', 'manual')
-    hint = _MANUAL_HINTS.get(name, 'see the dataset\'s TFDS catalog page for the file names')
+    hint = _MANUAL_HINTS.get(name.split(':')[0], 'see the dataset\'s TFDS catalog page for the file names')
     raise DatasetUnavailableError(
         f'TFDS dataset {name!r} could not be downloaded or prepared '
         f'({type(e).__name__}: {str(e)[:300]}). If this machine is offline, fetch its files '

@@ -9,6 +9,9 @@ seeds cost no compile.
 ``model.generate`` returns: the prompt followed by the new tokens, cropped after the
 longest one, ``pad_token_id`` after each row's end, rows repeated
 ``num_return_sequences`` times; ``return_dict_in_generate=True`` adds the beam scores.
+For an encoder-decoder (a kind with ``encoder_decoder`` set) ``input_ids`` are the source,
+the decoder starts from the model's decoder start token, and the sequences are that token
+followed by the new ones (``max_length`` counts the start token), as Hugging Face's are.
 """
 
 import dataclasses
@@ -110,14 +113,15 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.n
   return out, np.asarray([len(row) for row in prompts], np.int32)
 
 
-def _decode(kind_name, cfg, settings: Settings, params, prompt, lengths, rng, eos_ids, pad_id):
+def _decode(kind_name, cfg, settings: Settings, params, prompt, lengths, rng, eos_ids, pad_id, inputs):
   s = settings
   kind = kinds.build(kind_name, cfg)
   b, p = prompt.shape
   r = 1 if s.num_beams > 1 else s.num_return_sequences
   if r > 1:  # independent samples of each prompt: its rows side by side
     prompt, lengths = jnp.repeat(prompt, r, axis=0), jnp.repeat(lengths, r)
-  decoding = kind.start_decoding(params, prompt, lengths, cache_len=p + s.max_new_tokens)
+    inputs = {k: jnp.repeat(v, r, axis=0) for k, v in inputs.items()}
+  decoding = kind.start_decoding(params, prompt, lengths, cache_len=p + s.max_new_tokens, **inputs)
   eos = tuple(eos_ids[i] for i in range(s.eos_count))
   if s.num_beams > 1:
     out = search.beam_search(decoding, num_beams=s.num_beams, max_new_tokens=s.max_new_tokens, eos_ids=eos,
@@ -146,9 +150,12 @@ def compiled(backend: str):
 def decode(kind, params, prompt, *, lengths=None, max_new_tokens: int, rng=None, temperature: float = 0.0,
            top_k: int = 0, top_p: float = 1.0, num_beams: int = 1, length_penalty: float = 1.0,
            early_stopping: Union[bool, str] = False, min_new_tokens: int = 0, num_return_sequences: int = 1,
-           eos_ids: Sequence[int] = (), pad_id: Optional[int] = None) -> Generated:
+           eos_ids: Sequence[int] = (), pad_id: Optional[int] = None, inputs: Optional[dict] = None) -> Generated:
   """New tokens after ``prompt`` int32 [B, P] (left-padded; ``lengths`` [B] the tokens of each row,
   default P) from the model ``kind`` (a ``kinds.ModelKind`` that generates) with ``params``.
+  ``inputs`` are the kind's other arrays for ``start_decoding``, B rows each (an encoder-decoder's
+  ``encoder_inputs`` and ``encoder_segment_ids``; ``encoder_inputs`` for short); the decoder
+  prompt of an encoder-decoder is not padded.
 
   ``temperature`` 0 with ``num_beams`` 1 is greedy; > 0 samples (``search.sample_logits``)
   with key ``rng``; ``num_beams`` > 1 is beam search (``search.beam_search``). ``pad_id``
@@ -169,13 +176,40 @@ def decode(kind, params, prompt, *, lengths=None, max_new_tokens: int, rng=None,
   lengths = np.full((b,), p, np.int32) if lengths is None else np.asarray(lengths, np.int32)
   if lengths.shape != (b,) or lengths.min() < 1 or lengths.max() > p:
     raise ValueError(f'lengths must give each of the {b} prompts 1..{p} tokens, got {lengths.tolist()}.')
+  inputs = _kind_inputs(kind, b, inputs)
+  if inputs and lengths.min() < p:
+    raise ValueError(f'the decoder prompts of model.kind={kind.name!r} must all have {p} tokens (no padding), '
+                     f'got lengths {lengths.tolist()}.')
   if pad_id is None:
     pad_id = eos_ids[0] if eos_ids else 0
   rng = jax.random.key(0) if rng is None else rng
   cfg = dataclasses.replace(kind.cfg, decode=False)
   return compiled(jax.default_backend())(
       kind.name, cfg, settings, _params(params), jnp.asarray(prompt, jnp.int32), jnp.asarray(lengths), rng,
-      jnp.asarray(eos_ids + (0,), jnp.int32), jnp.int32(pad_id))
+      jnp.asarray(eos_ids + (0,), jnp.int32), jnp.int32(pad_id), inputs)
+
+
+def _kind_inputs(kind, b: int, inputs: Optional[dict]) -> dict:
+  """The arrays ``kind.start_decoding`` takes beside the prompt: {} for a decoder; an encoder-decoder's
+  source (``encoder_inputs`` [B, S], ``encoder_segment_ids`` [B, S] defaulting to all ones)."""
+  if not getattr(kind, 'encoder_decoder', False):
+    if inputs:
+      raise ValueError(f'model.kind={kind.name!r} decodes from its prompt alone; give no inputs '
+                       f'({", ".join(inputs)}).')
+    return {}
+  if not inputs or 'encoder_inputs' not in inputs:
+    raise ValueError(f'model.kind={kind.name!r} decodes from a source: give inputs={{"encoder_inputs": ids [B, S]}}.')
+  source = jnp.asarray(inputs['encoder_inputs'], jnp.int32)
+  if source.ndim != 2 or source.shape[0] != b or source.shape[1] == 0:
+    raise ValueError(f'encoder_inputs must be token ids [{b}, S >= 1] (one source per prompt), got shape '
+                     f'{tuple(source.shape)}.')
+  segments = inputs.get('encoder_segment_ids')
+  segments = jnp.ones_like(source) if segments is None else jnp.asarray(segments, jnp.int32)
+  if segments.shape != source.shape:
+    raise ValueError(f'encoder_segment_ids has shape {tuple(segments.shape)}, encoder_inputs {tuple(source.shape)}.')
+  if not bool(jnp.all(jnp.any(segments != 0, axis=1))):
+    raise ValueError('a source row is all padding (its attention mask is all zeros); every source needs a token.')
+  return {'encoder_inputs': source, 'encoder_segment_ids': segments}
 
 
 def _mask_lengths(input_ids: np.ndarray, attention_mask) -> np.ndarray:
@@ -215,6 +249,13 @@ def generate(model, input_ids, attention_mask=None, *, max_length: Optional[int]
   Returns int32 sequences [B·R, P + n] (R = num_return_sequences, n the longest new row),
   or a ``GenerateOutput`` when ``return_dict_in_generate``.
   """
+  if getattr(model.kind, 'encoder_decoder', False):
+    return _generate_seq2seq(model, input_ids, attention_mask, max_length=max_length, max_new_tokens=max_new_tokens,
+                             min_length=min_length, min_new_tokens=min_new_tokens, do_sample=do_sample,
+                             temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
+                             length_penalty=length_penalty, early_stopping=early_stopping,
+                             num_return_sequences=num_return_sequences, eos_token_id=eos_token_id,
+                             pad_token_id=pad_token_id, seed=seed, return_dict_in_generate=return_dict_in_generate)
   if isinstance(input_ids, (list, tuple)) and input_ids and isinstance(input_ids[0], (list, tuple)):
     if attention_mask is not None:
       raise ValueError('give attention_mask with an input_ids array, not with token lists (they are padded here).')
@@ -234,6 +275,7 @@ def generate(model, input_ids, attention_mask=None, *, max_length: Optional[int]
                        f'the prompt); raise it above {p} or give max_new_tokens.')
     max_new_tokens = max_length - p
   eos = _eos_ids(model, eos_token_id)
+  pad_token_id = _fill_value(pad_token_id, eos, num_beams)
   temperature = float(temperature) if do_sample else 0.0
   if do_sample and temperature == 0:
     raise ValueError('do_sample=True needs a temperature > 0 (do_sample=False is greedy).')
@@ -251,6 +293,63 @@ def generate(model, input_ids, attention_mask=None, *, max_length: Optional[int]
     return sequences
   scores = None if out.scores is None else np.asarray(out.scores).reshape(-1)
   return GenerateOutput(sequences, scores, new_lengths.reshape(-1))
+
+
+def _generate_seq2seq(model, input_ids, attention_mask, *, max_length, max_new_tokens, min_length, min_new_tokens,
+                      do_sample, temperature, top_k, top_p, num_beams, length_penalty, early_stopping,
+                      num_return_sequences, eos_token_id, pad_token_id, seed, return_dict_in_generate):
+  """``generate`` for an encoder-decoder: ``input_ids`` [B, S] (padded either side, ``attention_mask``
+  marking the tokens; or token lists, right-padded here) are the source; sequences start with the
+  decoder start token, and max_length / min_length count it."""
+  if isinstance(input_ids, (list, tuple)) and input_ids and isinstance(input_ids[0], (list, tuple)):
+    if attention_mask is not None:
+      raise ValueError('give attention_mask with an input_ids array, not with token lists (they are padded here).')
+    width = max(len(row) for row in input_ids)
+    attention_mask = np.asarray([[1] * len(row) + [0] * (width - len(row)) for row in input_ids])
+    input_ids = np.asarray([list(row) + [0] * (width - len(row)) for row in input_ids])
+  source = np.asarray(input_ids)
+  if source.ndim == 1:
+    source = source[None]
+  if source.ndim != 2:
+    raise ValueError(f'input_ids must be token ids [batch, length], got shape {source.shape}.')
+  mask = np.ones_like(source) if attention_mask is None else np.asarray(attention_mask)
+  if mask.shape != source.shape:
+    raise ValueError(f'attention_mask has shape {mask.shape}, input_ids {source.shape}; give one mask entry per token.')
+  if max_new_tokens is None:
+    max_length = 20 if max_length is None else max_length
+    if max_length <= 1:
+      raise ValueError(f'max_length={max_length} leaves no room after the decoder start token (max_length counts '
+                       'it); raise it above 1 or give max_new_tokens.')
+    max_new_tokens = max_length - 1
+  start = getattr(model.kind, 'decoder_start_id', 0)
+  eos = _eos_ids(model, eos_token_id)
+  b = source.shape[0]
+  prompt = np.full((b, 1), start, np.int32)
+  temperature = float(temperature) if do_sample else 0.0
+  if do_sample and temperature == 0:
+    raise ValueError('do_sample=True needs a temperature > 0 (do_sample=False is greedy).')
+  out = decode(model.kind, model.params, prompt, max_new_tokens=max_new_tokens, rng=jax.random.key(seed),
+               temperature=temperature, top_k=top_k if do_sample else 0, top_p=top_p if do_sample else 1.0,
+               num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+               min_new_tokens=max(min_new_tokens, min_length - 1), num_return_sequences=num_return_sequences,
+               eos_ids=eos, pad_id=_fill_value(0 if pad_token_id is None else pad_token_id, eos, num_beams),
+               inputs={'encoder_inputs': source, 'encoder_segment_ids': (mask != 0).astype(np.int32)})
+  tokens, new_lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+  r = tokens.shape[1]
+  n = int(new_lengths.max())
+  sequences = np.concatenate([np.repeat(prompt, r, axis=0), tokens.reshape(b * r, -1)[:, :n]], axis=1)
+  if not return_dict_in_generate:
+    return sequences
+  scores = None if out.scores is None else np.asarray(out.scores).reshape(-1)
+  return GenerateOutput(sequences, scores, new_lengths.reshape(-1))
+
+
+def _fill_value(pad_token_id, eos: tuple[int, ...], num_beams: int):
+  """What follows a row's end in ``generate``'s sequences: ``pad_token_id``, except that Hugging Face's
+  beam search fills with the first eos id when ``pad_token_id`` is 0 or None (``pad or eos``)."""
+  if num_beams > 1 and not pad_token_id and eos:
+    return eos[0]
+  return pad_token_id
 
 
 def _eos_ids(model, eos_token_id) -> tuple[int, ...]:

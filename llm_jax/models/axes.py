@@ -22,6 +22,7 @@ KV = 'kv'            # the head dimension H
 LAYERS = 'layers'    # the stacked axis that nn.scan adds
 POSITION = 'position'  # rows of a learned position table
 TOKEN_TYPE = 'token_type'  # rows of the token-type (segment A/B) table
+RELATIVE = 'relative'  # rows (buckets) of T5's relative position bias table
 
 # Activation axes.
 ACT_BATCH = 'act_batch'
@@ -32,6 +33,6 @@ ACT_KV = 'act_kv'
 ACT_MLP = 'act_mlp'
 ACT_VOCAB = 'act_vocab'
 
-PARAM_AXES = (VOCAB, EMBED, MLP, HEADS, KV_HEADS, KV, LAYERS, POSITION, TOKEN_TYPE)
+PARAM_AXES = (VOCAB, EMBED, MLP, HEADS, KV_HEADS, KV, LAYERS, POSITION, TOKEN_TYPE, RELATIVE)
 ACTIVATION_AXES = (ACT_BATCH, ACT_LEN, ACT_EMBED, ACT_HEADS, ACT_KV, ACT_MLP, ACT_VOCAB)
 ALL_AXES = PARAM_AXES + ACTIVATION_AXES

@@ -61,7 +61,7 @@ class Block(nn.Module):
     branches = [('attention', lambda y: layers.Attention(cfg, causal=cfg.causal, name='attention')(
         y, positions=positions, segment_ids=segment_ids, mask=mask, bias=bias, deterministic=deterministic))]
     if self.cross:
-      branches.append(('cross_attention', lambda y: layers.Attention(cfg, name='cross_attention')(
+      branches.append(('cross_attention', lambda y: layers.Attention(cfg, cross=True, name='cross_attention')(
           y, encoded, mask=cross_mask, bias=cross_bias, deterministic=deterministic)))
     branches.append(('mlp', lambda y: layers.Mlp(cfg, name='mlp')(y, deterministic)))
     for name, branch in branches:
@@ -111,22 +111,29 @@ def stack_blocks(cfg: TransformerConfig, x, *, positions, segment_ids, mask, bia
 
 def to_scanned(params: dict) -> dict:
   """Unrolled parameters ('layer_0' .. 'layer_{L-1}') in the scanned layout: one
-  'layers' subtree whose leaves stack the L layers' leaves on a new leading axis.
-  Other entries, and parameters already scanned, pass through."""
-  count = sum(1 for k in params if k.startswith('layer_'))
-  if not count:
+  'layers' subtree whose leaves stack the L layers' leaves on a new leading axis, in
+  every stack of the tree (an encoder-decoder's 'encoder' and 'decoder' too). Other
+  entries, and parameters already scanned, pass through."""
+  if not isinstance(params, dict):
     return params
-  out = {k: v for k, v in params.items() if not k.startswith('layer_')}
-  out['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f'layer_{i}'] for i in range(count)])
+  count = sum(1 for k in params if k.startswith('layer_'))
+  out = {k: to_scanned(v) for k, v in params.items() if not k.startswith('layer_')}
+  if count:
+    out['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f'layer_{i}'] for i in range(count)])
+  elif all(out[k] is params[k] for k in out):
+    return params  # nothing to stack
   return out
 
 
 def to_unrolled(params: dict) -> dict:
-  """The inverse of ``to_scanned``: 'layers' (leading axis L) as 'layer_0' .. 'layer_{L-1}'."""
-  if 'layers' not in params:
+  """The inverse of ``to_scanned``: each 'layers' (leading axis L) as 'layer_0' .. 'layer_{L-1}'."""
+  if not isinstance(params, dict):
     return params
-  out = {k: v for k, v in params.items() if k != 'layers'}
-  count = jax.tree.leaves(params['layers'])[0].shape[0]
-  for i in range(count):
-    out[f'layer_{i}'] = jax.tree.map(lambda x, i=i: x[i], params['layers'])
+  out = {k: to_unrolled(v) for k, v in params.items() if k != 'layers'}
+  if 'layers' in params:
+    count = jax.tree.leaves(params['layers'])[0].shape[0]
+    for i in range(count):
+      out[f'layer_{i}'] = jax.tree.map(lambda x, i=i: x[i], params['layers'])
+  elif all(out[k] is params[k] for k in out):
+    return params  # nothing to unstack
   return out

@@ -20,7 +20,7 @@ which the step divides the summed gradient by; and the counts ``metrics`` reads)
 micro-batches and sharded batches add up exactly before one division.
 
 Kinds register themselves by name (``@register('decoder')``) from their modules
-(``decoder.py``, ``encoder.py``); ``build`` imports them on first use.
+(``decoder.py``, ``encoder.py``, ``encoder_decoder.py``); ``build`` imports them on first use.
 """
 
 import abc
@@ -35,7 +35,7 @@ import numpy as np
 from llm_jax.models.layers import TransformerConfig
 
 _KINDS: dict[str, type] = {}
-_MODULES = ('llm_jax.models.decoder', 'llm_jax.models.encoder')
+_MODULES = ('llm_jax.models.decoder', 'llm_jax.models.encoder', 'llm_jax.models.encoder_decoder')
 
 
 def register(name: str):

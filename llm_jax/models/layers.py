@@ -45,7 +45,8 @@ CHECKPOINT_NAMES = ('qkv', 'attn_context', 'attn_out', 'mlp_hidden', 'mlp_out')
 class TransformerConfig:
   """Model hyperparameters. Variants come from ``.replace(...)`` (e.g. ``decode=True``)."""
   vocab_size: int
-  num_layers: int = 2
+  num_layers: int = 2             # encoder_decoder: the encoder's
+  num_decoder_layers: int = 0     # encoder_decoder: the decoder's (0: num_layers)
   num_heads: int = 4
   num_kv_heads: int = 4           # < num_heads: grouped-query; 1: multi-query
   emb_dim: int = 128
@@ -54,9 +55,13 @@ class TransformerConfig:
   max_len: int = 256              # the longest sequence: the learned position table's size
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
-  pos_encoding: str = 'learned'   # 'learned' | 'sinusoidal' | 'rope' | 'alibi' | 'none'
+  pos_encoding: str = 'learned'   # 'learned' | 'sinusoidal' | 'rope' | 'alibi' | 't5_relative' | 'none'
   rope_theta: float = 10000.0
-  mlp_activation: str = 'gelu_tanh'  # 'relu' | 'gelu_tanh' (GPT-2) | 'gelu_exact' (BERT) | 'swiglu'
+  relative_buckets: int = 32      # t5_relative: buckets of the per-stack table
+  relative_max_distance: int = 128  # t5_relative: distances from here on share the last bucket
+  attention_scale: bool = True    # logits q·k/sqrt(H); False: q·k (T5 folds the scale into its init)
+  rescale_output: bool = True     # encoder_decoder: logits of hidden·D^-0.5 (the original T5; v1.1 has none)
+  mlp_activation: str = 'gelu_tanh'  # 'relu' | 'gelu_tanh' (GPT-2) | 'gelu_exact' (BERT) | 'swiglu' | 'geglu'
   norm: str = 'layernorm'         # 'layernorm' | 'rmsnorm'
   norm_placement: str = 'pre'     # 'pre' | 'post'
   norm_eps: float = 1e-5
@@ -294,6 +299,55 @@ def alibi_bias(q_positions, kv_positions, num_heads: int):
 register_positions('alibi', bias=alibi_bias)(None)
 
 
+def t5_buckets(relative, bidirectional: bool, num_buckets: int, max_distance: int):
+  """T5's bucket of each relative position (key position - query position), int32.
+
+  Bidirectional (the encoder): half the buckets for keys after the query, half for
+  those before. Causal (the decoder): only keys at or before the query count, all
+  buckets for them. Of a direction's n buckets the first n/2 are the exact distances
+  0 .. n/2 - 1; the rest cover distances up to ``max_distance`` on a log scale, and
+  farther ones fall in the last bucket. (Raffel et al. 2020, section 2.1.)
+  """
+  relative = jnp.asarray(relative, jnp.int32)
+  bucket = jnp.zeros_like(relative)
+  if bidirectional:
+    num_buckets //= 2
+    bucket += (relative > 0).astype(jnp.int32) * num_buckets
+    distance = jnp.abs(relative)
+  else:
+    distance = jnp.maximum(-relative, 0)
+  exact = num_buckets // 2
+  # The log-spaced buckets, truncated toward zero; distance < exact never uses them.
+  scaled = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / exact) / np.log(max_distance / exact)
+  far = exact + (scaled * (num_buckets - exact)).astype(jnp.int32)
+  far = jnp.minimum(far, num_buckets - 1)
+  return bucket + jnp.where(distance < exact, distance, far)
+
+
+class RelativePositionBias(nn.Module):
+  """T5's learned relative position bias: a table [buckets, N] looked up by ``t5_buckets``.
+
+  One per stack, shared by all its layers (the model computes it once and passes it to
+  every block as the self-attention bias). ``__call__(q_positions[B, T], kv_positions[B, S])``
+  -> float32 [B, N, T, S].
+  """
+  cfg: TransformerConfig
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, q_positions, kv_positions):
+    cfg = self.cfg
+    table = param_with_axes(self, 'embedding', _normal(cfg.init_std), (cfg.relative_buckets, cfg.num_heads),
+                            (axes.RELATIVE, axes.HEADS))
+    relative = kv_positions[:, None, :] - q_positions[:, :, None]
+    buckets = t5_buckets(relative, self.bidirectional, cfg.relative_buckets, cfg.relative_max_distance)
+    return jnp.moveaxis(jnp.take(table, buckets, axis=0), -1, 1)
+
+
+register_positions('t5_relative')(None)  # a learned bias per stack (RelativePositionBias), built by the model
+LEARNED_BIAS = ('t5_relative',)  # encodings that are a stack's RelativePositionBias
+
+
 # ----------------------------------------------------------------------------- norms
 
 def _normalizer(center: bool, eps: float):
@@ -354,7 +408,10 @@ NORMS = {'layernorm': LayerNorm, 'rmsnorm': RMSNorm}
 # 'gelu_tanh' is GPT-2's tanh approximation, 'gelu_exact' the erf form of BERT (and of
 # torch.nn.GELU()); they differ by up to about 1e-3, enough to matter against a reference.
 ACTIVATIONS = {'relu': jax.nn.relu, 'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),
-               'gelu_exact': lambda x: jax.nn.gelu(x, approximate=False), 'swiglu': jax.nn.silu}
+               'gelu_exact': lambda x: jax.nn.gelu(x, approximate=False), 'swiglu': jax.nn.silu,
+               'geglu': lambda x: jax.nn.gelu(x, approximate=True)}
+# Gated feed-forwards (Shazeer 2020): act(x·W_gate) * (x·W_up); the value is the gate's activation.
+GATED = ('swiglu', 'geglu')
 
 
 def _up_act_down(act):
@@ -385,11 +442,12 @@ def _up_act_down(act):
   return fn
 
 
-_FUSED_MLP = {name: _up_act_down(act) for name, act in ACTIVATIONS.items() if name != 'swiglu'}
+_FUSED_MLP = {name: _up_act_down(act) for name, act in ACTIVATIONS.items() if name not in GATED}
 
 
 class Mlp(nn.Module):
-  """ReLU/GELU: act(x W1 + b1) W2 + b2.  SwiGLU: (silu(x Wg) * x W1) W2 (Shazeer 2020).
+  """ReLU/GELU: act(x W1 + b1) W2 + b2.  SwiGLU / GEGLU: (act(x Wg) * x W1) W2 (Shazeer 2020),
+  act silu or tanh-GELU (T5 v1.1's gated-gelu).
 
   GELU comes as 'gelu_tanh' (GPT-2's approximation) and 'gelu_exact' (BERT's erf).
   Dropout is applied by the block to the output, not to the hidden layer (as GPT-2,
@@ -405,13 +463,14 @@ class Mlp(nn.Module):
     wi = param_with_axes(self, 'wi', _normal(cfg.init_std), (d, f), (axes.EMBED, axes.MLP)).astype(cfg.dtype)
     wo = param_with_axes(self, 'wo', _normal(_out_std(cfg)), (f, d), (axes.MLP, axes.EMBED)).astype(cfg.dtype)
     bias = lambda name, n, axis: param_with_axes(self, name, nn.initializers.zeros, (n,), (axis,)).astype(cfg.dtype)
-    if cfg.mlp_activation == 'swiglu':
+    if cfg.mlp_activation in GATED:
       wg = param_with_axes(self, 'wi_gate', _normal(cfg.init_std), (d, f), (axes.EMBED, axes.MLP)).astype(cfg.dtype)
       up, gate = dense(x, wi), dense(x, wg)
       if cfg.use_bias:
         up, gate = up + bias('wi_bias', f, axes.MLP), gate + bias('wi_gate_bias', f, axes.MLP)
       up, gate = checkpoint_name(up, 'mlp_hidden'), checkpoint_name(gate, 'mlp_hidden')
-      h = nn.with_logical_constraint(jax.nn.silu(gate) * up, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_MLP))
+      h = ACTIVATIONS[cfg.mlp_activation](gate) * up
+      h = nn.with_logical_constraint(h, (axes.ACT_BATCH, axes.ACT_LEN, axes.ACT_MLP))
       y = dense(h, wo)
     elif cfg.use_bias:
       act = ACTIVATIONS[cfg.mlp_activation]
@@ -443,12 +502,15 @@ def attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, cau
 class Attention(nn.Module):
   """Multi-head attention from ``inputs_q`` [B, T, D] to ``inputs_kv`` [B, S, D], grouped-query heads.
 
-  The caller decides what attends to what. ``inputs_kv=None`` is self-attention: a
-  rotary encoding (``pos_encoding='rope'``) rotates queries and keys by ``positions``,
-  a bias encoding (``'alibi'``) adds its bias of query and key positions to ``bias``,
-  and in decode mode (``cfg.decode``) the keys and values are appended to the KV cache
-  and attended to with the cache's segment ids and positions. Given ``inputs_kv``, it
-  is cross-attention: no rotation, no cache.
+  The caller decides what attends to what. Self-attention (``cross`` False, no
+  ``inputs_kv``): a rotary encoding (``pos_encoding='rope'``) rotates queries and keys
+  by ``positions``, a bias encoding (``'alibi'``) adds its bias of query and key
+  positions to ``bias``, and in decode mode (``cfg.decode``) the keys and values are
+  appended to the KV cache and attended to with the cache's segment ids and positions.
+  Cross-attention (``cross``) attends to ``inputs_kv`` [B, S, D] without rotation; in
+  decode mode the first call (the prefill) projects ``inputs_kv`` once and caches its
+  keys, values and the last query row of ``mask``, and later calls pass
+  ``inputs_kv=None`` and ``mask=None`` to attend to what is cached.
 
   ``mask`` is bool [B, 1, T, S] (True = may attend), built once per stack with
   ``attention_mask`` (None in decode mode: the cache builds it); ``bias`` an optional
@@ -458,13 +520,14 @@ class Attention(nn.Module):
   """
   cfg: TransformerConfig
   causal: bool = False
+  cross: bool = False
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv=None, *, positions=None, segment_ids=None, mask=None, bias=None,
                deterministic: bool = True):
     cfg = self.cfg
     d, n, k, h = cfg.emb_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    self_attention = inputs_kv is None
+    self_attention = not self.cross and inputs_kv is None
     kv_inputs = inputs_q if self_attention else inputs_kv
 
     def proj(name, x, heads, head_axis):
@@ -477,8 +540,14 @@ class Attention(nn.Module):
       return y
 
     q = proj('query', inputs_q, n, axes.HEADS)
-    key = proj('key', kv_inputs, k, axes.KV_HEADS)
-    value = proj('value', kv_inputs, k, axes.KV_HEADS)
+    if not cfg.attention_scale:  # the kernels divide by sqrt(H): T5's logits are the plain q·k
+      q = q * jnp.asarray(np.sqrt(h), q.dtype)
+    if self.cross and cfg.decode:
+      key, value, mask = self._cross_cache(kv_inputs, mask, lambda x: (proj('key', x, k, axes.KV_HEADS),
+                                                                       proj('value', x, k, axes.KV_HEADS)))
+    else:
+      key = proj('key', kv_inputs, k, axes.KV_HEADS)
+      value = proj('value', kv_inputs, k, axes.KV_HEADS)
     _, rotate = positional(cfg.pos_encoding)
     if rotate is not None and self_attention:
       q = rotate(q, positions, cfg.rope_theta)
@@ -510,6 +579,21 @@ class Attention(nn.Module):
       y = y + param_with_axes(self, 'out_bias', nn.initializers.zeros, (d,),
                               (axes.EMBED,)).astype(cfg.dtype)
     return checkpoint_name(y, 'attn_out')
+
+  def _cross_cache(self, kv_inputs, mask, project):
+    """(key, value, mask) of a decoding cross-attention: projected from ``kv_inputs`` and kept on
+    the prefill (``kv_inputs`` given), read back on the calls after it."""
+    if kv_inputs is not None:
+      key, value = project(kv_inputs)
+      row = mask[:, :, -1:, :]
+      ck = self.variable('cache', 'cross_key', jnp.zeros, key.shape, key.dtype)
+      cv = self.variable('cache', 'cross_value', jnp.zeros, value.shape, value.dtype)
+      cm = self.variable('cache', 'cross_mask', jnp.zeros, row.shape, bool)
+      if not self.is_initializing():
+        ck.value, cv.value, cm.value = key, value, row
+      return key, value, mask
+    return (self.get_variable('cache', 'cross_key'), self.get_variable('cache', 'cross_value'),
+            self.get_variable('cache', 'cross_mask'))
 
   def _update_cache(self, key, value, segment_ids, positions):
     cfg = self.cfg

@@ -25,6 +25,7 @@ from llm_jax.train import guard
 from llm_jax.train import init_from
 from llm_jax.train import metrics as metrics_lib
 from llm_jax.train import summary as summary_lib
+from llm_jax.train import translation
 from llm_jax.train.trainer import Trainer, build_trainer
 
 
@@ -156,9 +157,11 @@ def _run(trainer: Trainer, state, first: int, last: int, ckpts: ckpt_lib.Checkpo
   peak, _ = perf.peak_flops(config.model.dtype)
   summary: dict = {'step': first}
   prompts = [p for p in config.sample.eval_prompts.split('|') if p]
-  if prompts and jax.process_count() > 1:  # ``samples`` decodes from a host copy of the parameters
-    print('[llm_jax] config.sample.eval_prompts are not decoded in a multi-host run.', flush=True)
-    prompts = []
+  translate = config.eval.bleu_examples > 0
+  if (prompts or translate) and jax.process_count() > 1:  # both decode from a host copy of the parameters
+    print('[llm_jax] config.sample.eval_prompts and eval.bleu_examples are not decoded in a multi-host run.',
+          flush=True)
+    prompts, translate = [], False
   timer_step, timer = first, None
   # The bar is closed on every exit (errors too), so messages printed after it start on a line of their own.
   with tqdm.tqdm(total=last, initial=first, desc='train', disable=jax.process_index() != 0,
@@ -191,9 +194,15 @@ def _run(trainer: Trainer, state, first: int, last: int, ckpts: ckpt_lib.Checkpo
         bar.set_postfix(loss=f'{record["train_loss"]:.4f}')
       if evaluate:
         record.update(trainer.evaluate(state.params))
-        tqdm.tqdm.write(f'step {step}: eval_loss {record["eval_loss"]:.4f}')
-        if prompts:
-          writer.write_samples(step, dict(zip(prompts, samples(trainer, state.params, prompts))))
+        decoded = dict(zip(prompts, samples(trainer, state.params, prompts))) if prompts else {}
+        if translate:
+          scores, translations = translation.evaluate(trainer, state.params)
+          record.update(scores)
+          decoded.update(translations)
+        shown = ''.join(f', {k} {record[k]:.4f}' for k in ('eval_bleu', 'eval_exact_match') if k in record)
+        tqdm.tqdm.write(f'step {step}: eval_loss {record["eval_loss"]:.4f}{shown}')
+        if decoded:
+          writer.write_samples(step, decoded)
         if timer is not None:
           timer = time.perf_counter()
       if record:

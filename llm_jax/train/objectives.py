@@ -75,14 +75,22 @@ def _weighted_sums(log_z, nll, weights, z_loss: float):
   return loss_sum, nll_sum, jnp.sum(weights)
 
 
-def token_cross_entropy(logits, targets, weights, z_loss: float = 0.0):
+def token_cross_entropy(logits, targets, weights, z_loss: float = 0.0, label_smoothing: float = 0.0):
   """Weighted token cross-entropy in float32, with PaLM's z-loss z·log(Z)².
 
   Returns (loss_sum, nll_sum, weight_sum); positions with weight 0 (padding,
-  document crossings) contribute nothing.
+  document crossings) contribute nothing. With ``label_smoothing`` ε the loss (not the
+  reported nll) is the cross-entropy against (1 - ε)·onehot + ε/V (Szegedy et al.;
+  Vaswani et al. use ε = 0.1): (1 - ε)·nll + ε·(log Z - mean of the logits).
   """
-  log_z, nll = _log_z_and_nll(logits.astype(jnp.float32), targets)
-  return _weighted_sums(log_z, nll, weights, z_loss)
+  logits = logits.astype(jnp.float32)
+  log_z, nll = _log_z_and_nll(logits, targets)
+  loss_sum, nll_sum, weight_sum = _weighted_sums(log_z, nll, weights, z_loss)
+  if label_smoothing:
+    uniform = log_z - jnp.mean(logits, axis=-1)  # -mean over the vocabulary of log p
+    smoothing = jnp.sum((uniform - nll) * weights.astype(jnp.float32))
+    loss_sum = loss_sum + label_smoothing * smoothing
+  return loss_sum, nll_sum, weight_sum
 
 
 # ----------------------------------------------------------------------------- chunked
@@ -206,6 +214,36 @@ def causal_lm_chunked(outputs, batch, z_loss: float = 0.0, *, chunk_size: int):
   return dict(loss_sum=loss_sum, nll_sum=nll_sum, weight_sum=weight_sum)
 
 
+
+
+@register('seq2seq')
+def seq2seq(logits, batch, z_loss: float = 0.0, label_smoothing: float = 0.0):
+  """Teacher-forced cross-entropy on the target tokens (``weights`` 0 elsewhere), optionally label-smoothed;
+  correct_sum counts the weighted targets that are the argmax."""
+  loss_sum, nll_sum, weight_sum = token_cross_entropy(logits, batch['targets'], batch['weights'], z_loss,
+                                                      label_smoothing)
+  correct = (jnp.argmax(logits, axis=-1) == batch['targets']).astype(jnp.float32)
+  return dict(loss_sum=loss_sum, nll_sum=nll_sum, weight_sum=weight_sum,
+              correct_sum=jnp.sum(correct * batch['weights']))
+
+
+@register_chunked('seq2seq')
+def seq2seq_chunked(outputs, batch, z_loss: float = 0.0, label_smoothing: float = 0.0, *, chunk_size: int):
+  if label_smoothing:
+    raise ValueError('config.train.label_smoothing has no chunked form; set config.train.loss_chunk_size=0.')
+  hidden, w = outputs
+  loss_sum, nll_sum, weight_sum = chunked_token_cross_entropy(hidden, w, batch['targets'], batch['weights'],
+                                                              z_loss, chunk_size=chunk_size)
+  return dict(loss_sum=loss_sum, nll_sum=nll_sum, weight_sum=weight_sum)
+
+
+def seq2seq_metrics(sums, prefix: str) -> dict:
+  n = jnp.maximum(sums['weight_sum'], 1.0)
+  loss = sums['nll_sum'] / n
+  out = {f'{prefix}loss': loss, f'{prefix}perplexity': jnp.exp(jnp.minimum(loss, 50.0))}
+  if 'correct_sum' in sums:
+    out[f'{prefix}token_accuracy'] = sums['correct_sum'] / n
+  return out
 
 
 # ----------------------------------------------------------------------------- encoder objectives

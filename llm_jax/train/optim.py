@@ -3,18 +3,31 @@
 import re
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 
+def rsqrt_decay(peak: float, warmup: int) -> optax.Schedule:
+  """peak · sqrt(warmup / step) from step ``warmup`` on (counting steps from the end of the warmup:
+  ``optax.join_schedules`` restarts the count). With the linear warmup before it this is Vaswani et
+  al.'s d_model^-0.5 · min(step^-0.5, step · warmup^-1.5), whose peak is d_model^-0.5 · warmup^-0.5."""
+  def fn(count):
+    return peak * jnp.sqrt(warmup / jnp.maximum(count + warmup, 1).astype(jnp.float32))
+  return fn
+
+
 def schedule(t: ml_collections.ConfigDict, steps: int = 0) -> optax.Schedule:
   """Linear warmup 0 → peak over warmup_steps, then cosine/linear decay to end_learning_rate
-  at decay_steps (default: the run's steps: ``steps``, else train.steps), or constant."""
+  at decay_steps (default: the run's steps: ``steps``, else train.steps), constant, or the
+  inverse square root ('rsqrt', ``rsqrt_decay``: no end)."""
   total = (steps or t.steps) if t.decay_steps == -1 else t.decay_steps
   warmup = optax.linear_schedule(0.0, t.learning_rate, max(t.warmup_steps, 1))
   decay_len = max(total - t.warmup_steps, 1)
   if t.schedule == 'cosine':
     decay = optax.cosine_decay_schedule(t.learning_rate, decay_len, alpha=t.end_learning_rate / t.learning_rate)
+  elif t.schedule == 'rsqrt':
+    decay = rsqrt_decay(t.learning_rate, max(t.warmup_steps, 1))
   elif t.schedule == 'linear':
     decay = optax.linear_schedule(t.learning_rate, t.end_learning_rate, decay_len)
   else:

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from llm_jax.models import attention_kernels
+from llm_jax.models import layers
 
 
 def _count(n: float) -> str:
@@ -28,9 +29,16 @@ def attention_choice(trainer) -> str:
   q = jax.ShapeDtypeStruct((per_device, t, cfg.num_heads, cfg.head_dim), cfg.dtype)
   k = jax.ShapeDtypeStruct((per_device, t, cfg.num_kv_heads, cfg.head_dim), cfg.dtype)
   dropout = (lambda p: p) if cfg.attention_dropout_rate > 0 else None
-  choice = attention_kernels.choose(q, k, mask=True, dropout=dropout, causal=cfg.causal,
+  bias = layers.position_bias(cfg.pos_encoding) or cfg.pos_encoding in layers.LEARNED_BIAS or None
+  choice = attention_kernels.choose(q, k, mask=True, bias=bias, dropout=dropout, causal=cfg.causal,
                                     block=cfg.attention_block, devices=jax.device_count())
   return f'{choice.name} (auto: {choice.reason}{"; a fallback" if choice.fallback else ""})'
+
+
+def _depth(cfg, kind: str) -> str:
+  if kind == 'encoder_decoder':
+    return f'{cfg.num_layers}+{cfg.num_decoder_layers or cfg.num_layers} (encoder+decoder)'
+  return str(cfg.num_layers)
 
 
 def startup(trainer, workdir: str, first: int, last: int) -> str:
@@ -43,7 +51,7 @@ def startup(trainer, workdir: str, first: int, last: int) -> str:
   tokens_per_step = t.batch_size * config.data.seq_len
   lines = [
       ('run', f'resumes at step {first} of {last}' if first else f'starts at step 0 of {last}'),
-      ('model', f'{m.kind}, {_count(params)} parameters: {m.num_layers} layers, width {m.emb_dim}, '
+      ('model', f'{m.kind}, {_count(params)} parameters: {_depth(cfg, m.kind)} layers, width {m.emb_dim}, '
                 f'{m.num_heads} heads, context {cfg.max_len}, {m.pos_encoding} positions, '
                 f'{jnp.dtype(cfg.dtype).name} compute'),
       ('devices', f'{len(devices)} × {devices[0].device_kind} ({devices[0].platform})'

@@ -79,8 +79,16 @@ class Trainer:
 
 def make_kind(config: ml_collections.ConfigDict, vocab_size: int) -> kinds.ModelKind:
   """The model kind of ``config`` (after ``config.validate``) for a vocabulary of ``vocab_size``."""
-  options = {'mlm_probability': config.data.mlm_probability} if config.model.kind == 'encoder' else {}
-  return kinds.build(config.model.kind, config_lib.model_config(config, vocab_size), **options)
+  return kinds.build(config.model.kind, config_lib.model_config(config, vocab_size), **kind_options(config))
+
+
+def kind_options(config: ml_collections.ConfigDict) -> dict:
+  """The model kind's own settings from the config (``kinds.build``'s options)."""
+  if config.model.kind == 'encoder':
+    return {'mlm_probability': config.data.mlm_probability}
+  if config.model.kind == 'encoder_decoder':
+    return {'target_len': config_lib.target_len(config), 'label_smoothing': config.train.label_smoothing}
+  return {}
 
 
 def run_steps(config: ml_collections.ConfigDict, dataset) -> int:

@@ -39,7 +39,7 @@ def test_masked_lm_matches_transformers(mlm, scan):
   want = refs.theirs(model, ids, mask, types).logits.numpy()
   real = mask.astype(bool)
   assert np.abs(want[real]).max() > 5  # logits far from zero: a bug cannot hide under the tolerance
-  assert refs.max_diff(got[real], want[real]) < refs.TOLERANCE
+  assert refs.max_diff(got[real], want[real]) < refs.tolerance(want[real])
   np.testing.assert_array_equal(got[real].argmax(-1), want[real].argmax(-1))
   for got_leaf, fresh_leaf in zip(jax.tree.leaves(params), jax.tree.leaves(fresh)):
     assert got_leaf.sharding == fresh_leaf.sharding and got_leaf.dtype == fresh_leaf.dtype

@@ -14,7 +14,8 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       dataset='embedded', text_key='text', train_split='train', eval_split='validation',
       files='', eval_fraction=0.1, data_dir='', manual_dir='', seq_len=32, tokenizer='char',
       vocab_size=300, sp_model_type='bpe', max_documents=0, cache_dir='', dataset_config='',
-      text_b_key='', label_key='label', tokenizer_path='', mlm_probability=0.15))
+      text_b_key='', label_key='label', tokenizer_path='', mlm_probability=0.15, target_len=-1,
+      source_key='source', target_key='target', task_prefix='', target_files=''))
   cfg.update(overrides)
   cfg.lock()
   return cfg

@@ -110,3 +110,22 @@ def test_the_manual_path_imports_no_tensorflow(make_cfg, manual_dir):
   assert run.returncode == 0, run.stderr[-2000:]
   assert json.loads(run.stdout) == [' = Robert Boulter = ', ' Robert Boulter is an actor . ']
   assert hf_datasets.layout(_cfg(make_cfg), 'train', 'DIR') == f'DIR/{WIKITEXT}/train-*.parquet'
+
+
+def test_source_and_target_columns_or_a_translation_column_give_pairs(make_cfg, tmp_path):
+  (tmp_path / 'flat').mkdir()
+  pq.write_table(pa.table({'question': ['q one', 'q two'], 'answer': ['a one', 'a two'], 'id': [0, 1]}),
+                 tmp_path / 'flat' / 'train-00000-of-00001.parquet')
+  flat = make_cfg(dataset='hf:me/qa', dataset_config='flat', manual_dir=str(tmp_path), source_key='question',
+                  target_key='answer')
+  assert list(sources.records(flat, 'train')) == [{'source': 'q one', 'target': 'a one'},
+                                                  {'source': 'q two', 'target': 'a two'}]
+  (tmp_path / 'de-en').mkdir()
+  rows = [{'de': 'Hallo', 'en': 'hello'}, {'de': 'Welt', 'en': 'world'}]
+  pq.write_table(pa.table({'translation': rows}), tmp_path / 'de-en' / 'validation-00000-of-00001.parquet')
+  wmt = dict(dataset='hf:wmt/wmt14', dataset_config='de-en', manual_dir=str(tmp_path))
+  assert list(sources.records(make_cfg(**wmt, source_key='en', target_key='de'), 'validation')) == [
+      {'source': 'hello', 'target': 'Hallo'}, {'source': 'world', 'target': 'Welt'}]
+  with pytest.raises(errors.DataError, match=r"'translation' column .* languages \['de', 'en'\], not "
+                                             r"config.data.source_key='source'"):
+    list(sources.records(make_cfg(**wmt), 'validation'))

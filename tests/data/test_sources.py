@@ -294,3 +294,78 @@ def test_tfds_features_map_to_records(make_cfg, monkeypatch):
     _records(make_cfg(dataset='glue/sst2', text_key='sentence', text_b_key='question'), 'train')
   no_labels = make_cfg(dataset='glue/sst2', text_key='sentence', label_key='score')
   assert _records(no_labels, 'train')[0] == {'text': 'a fine film'}
+
+
+# ---- (source, target) pairs from TFDS ------------------------------------------------------------
+
+
+class _FakeTranslation(_FakeTFDSBuilder):
+  """A prepared TFDS builder with the features of WMT's de-en (its languages)."""
+
+  class info:
+    features = {'de': None, 'en': None}
+
+  def as_dataset(self, split, shuffle_files):
+    return [{'de': b'Hallo Welt', 'en': b'hello world'}, {'de': b'x', 'en': b''}, {'de': b'', 'en': b'good'}]
+
+
+def test_tfds_languages_as_source_and_target_give_pairs(make_cfg, monkeypatch):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  monkeypatch.setattr(tfds, 'builder', lambda name, data_dir=None: _FakeTranslation())
+  monkeypatch.setattr(tfds, 'as_numpy', lambda ds: ds)
+  en_de = sources.records(make_cfg(dataset='wmt14_translate/de-en', source_key='en', target_key='de'), 'train')
+  assert next(en_de) == {'source': 'hello world', 'target': 'Hallo Welt'}  # the empty source is skipped
+  with pytest.raises(errors.DataError) as info:
+    next(en_de)
+  assert str(info.value).startswith("config.data.dataset='wmt14_translate/de-en' split 'train' example 2 has an "
+                                    'empty target')
+  de_en = sources.records(make_cfg(dataset='wmt14_translate/de-en', source_key='de', target_key='en'), 'validation')
+  assert next(de_en) == {'source': 'Hallo Welt', 'target': 'hello world'}
+  with pytest.raises(errors.DataError, match="split 'validation' example 1 has an empty target"):
+    next(de_en)
+  one_side = make_cfg(dataset='wmt14_translate/de-en', text_key='en')  # the default source/target keys: text
+  assert _texts(one_side, 'train') == ['hello world', 'good']
+  with pytest.raises(errors.DataError, match=r"text_key='text'.*\['de', 'en'\].*source_key and target_key"):
+    _texts(make_cfg(dataset='wmt14_translate/de-en'), 'train')
+
+
+def test_documents_of_pairs_is_an_error_naming_the_kind(make_cfg, monkeypatch):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  monkeypatch.setattr(tfds, 'builder', lambda name, data_dir=None: _FakeTranslation())
+  monkeypatch.setattr(tfds, 'as_numpy', lambda ds: ds)
+  with pytest.raises(errors.DataError, match=r'holds \(source, target\) pairs.*kind=encoder_decoder'):
+    _texts(make_cfg(dataset='wmt14_translate/de-en', source_key='en', target_key='de'), 'train')
+
+
+@pytest.mark.parametrize('name', sorted(sources._WMT_FILES))
+def test_wmt_hints_name_every_archive_tfds_downloads_by_its_manual_file_name(name, tmp_path):
+  """Against TFDS's own tables: the sub-datasets of each split and their registered checksums."""
+  import re
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from tensorflow_datasets.core.download import checksums
+  from tensorflow_datasets.translate import wmt
+  builder = tfds.builder(name, data_dir=str(tmp_path))
+  language = builder.builder_config.language_pair[0]
+  urls = {url for names in builder.subsets.values() for subset in names
+          for url in wmt.DATASET_MAP[subset].get_url(language)}
+  hint = sources._MANUAL_HINTS[name]
+  assert set(re.findall(r'https?://\S+', hint)) == urls
+  registered = checksums.get_all_url_infos()
+  for url in urls:  # TFDS finds a download in manual_dir under this file name
+    assert registered[url].filename in hint
+
+
+def test_wmt_offline_fails_fast_naming_the_archives(make_cfg, tmp_path, no_network):
+  pytest.importorskip('tensorflow_datasets')
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  cfg = make_cfg(dataset='wmt14_translate/de-en', data_dir=str(tmp_path / 'data'), manual_dir=str(manual),
+                 source_key='en', target_key='de')
+  with pytest.raises(sources.DatasetUnavailableError) as info:
+    sources.records(cfg, 'train')
+  message = str(info.value)
+  assert "TFDS dataset 'wmt14_translate/de-en' could not be downloaded" in message
+  assert str(manual) in message and '--config.data.manual_dir=DIR' in message
+  for archive in ('training-parallel-europarl-v7.tgz', 'training-parallel-commoncrawl.tgz',
+                  'training-parallel-nc-v9.tgz', 'dev.tgz'):
+    assert archive in message
