@@ -101,6 +101,21 @@ def test_decode_matches_recomputation_and_reports_figures():
     assert row['no_cache_extrapolated'] and row['no_cache_timed_tokens'] == 3
 
 
+@pytest.mark.parametrize('positions', ['t5_relative', 'learned'])
+def test_encoder_decoder_decoding_matches_recomputation(positions):
+  """The cross-attention cache (filled on the prefill) and the decoder's KV cache give the tokens of
+  rerunning both stacks over the source and the decoded prefix, token after token."""
+  from llm_jax.models.encoder_decoder import T5_LAYOUT
+  layout = {f'model.{k}': v for k, v in T5_LAYOUT.items()}
+  layout.update({'model.pos_encoding': positions, 'model.attention_scale': positions == 'learned',
+                 'model.init_std': 0.5, 'data.target_len': 16})
+  config = tiny(**layout)
+  result = bench_decode.benchmark_decoding(config, batch_sizes=(3,), new_tokens=10, prompt_len=7,
+                                           no_cache_max_tokens=10, repeats=1)
+  row = result['batches']['3']
+  assert result['kind'] == 'encoder_decoder' and row['tokens_equal'] and row['tokens_compared'] == 30
+
+
 def test_sweep_entries_parse_from_lists_and_files(tmp_path):
   spec = 'configs/a.py,configs/b.py:mesh.rules.act_batch=data,fsdp;train.steps=3, configs/c.py'
   assert bench_sweep.parse_entries(spec) == [

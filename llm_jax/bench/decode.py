@@ -1,7 +1,8 @@
 """Decoding speed: ``generation.decode`` (KV cache) against ``reference.decode_no_cache`` (full recomputation).
 
 For each batch size B: random parameters of the config's model (no checkpoint), a
-random prompt of P tokens per row, greedy decoding (temperature 0) of N new tokens.
+random prompt of P tokens per row, greedy decoding (temperature 0) of N new tokens. An
+encoder-decoder takes the P random tokens as its source and decodes from its start token.
 Every figure is the fastest of ``repeats`` calls (more while they take under a second)
 after a warm-up call that compiles:
 
@@ -76,15 +77,19 @@ def benchmark_decoding(config, *, batch_sizes=(1, 64), new_tokens: int = 256, pr
   kind = config.model.kind
   params = random_params(model_cfg, kind, config.seed)
   built = kinds.build(kind, model_cfg)
+  seq2seq = getattr(built, 'encoder_decoder', False)
   n_timed = new_tokens if no_cache_max_tokens <= 0 else max(2, min(new_tokens, no_cache_max_tokens))
   rows = {}
   for b in batch_sizes:
     prompt = np.random.default_rng(b).integers(2, vocab, (b, prompt_len), dtype=np.int32)
+    inputs = None
+    if seq2seq:
+      inputs, prompt = {'encoder_inputs': prompt}, np.full((b, 1), built.decoder_start_id, np.int32)
     rng = jax.random.key(config.seed)
-    cached = lambda n, prompt=prompt, rng=rng: gen_api.decode(
-        built, params, prompt, max_new_tokens=n, rng=rng).tokens[:, 0]
-    recomputed = lambda n, prompt=prompt, rng=rng: reference.decode_no_cache(
-        built, params, prompt, max_new_tokens=n, rng=rng)
+    cached = lambda n, prompt=prompt, rng=rng, inputs=inputs: gen_api.decode(
+        built, params, prompt, max_new_tokens=n, rng=rng, inputs=inputs).tokens[:, 0]
+    recomputed = lambda n, prompt=prompt, rng=rng, inputs=inputs: reference.decode_no_cache(
+        built, params, prompt, max_new_tokens=n, rng=rng, inputs=inputs)
     start = time.perf_counter()
     jax.block_until_ready((cached(1), cached(new_tokens)))
     compile_s = time.perf_counter() - start
