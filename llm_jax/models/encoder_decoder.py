@@ -223,16 +223,17 @@ class EncoderDecoderKind(kinds.ModelKind):
   def start_decoding(self, params, prompt, lengths, cache_len: int, *, encoder_inputs,
                      encoder_segment_ids) -> kinds.Decoding:
     """Encodes ``encoder_inputs`` int32 [B, S] (``encoder_segment_ids`` [B, S]: 1 on tokens, 0 on
-    padding, either side) once, then prefills the decoder with ``prompt`` int32 [B, P] (the start
-    token: P = 1, as Hugging Face's encoder-decoder ``generate``; rows are not padded, so
-    ``lengths`` must all be P) into a KV cache of ``cache_len`` slots. Call it under ``jax.jit``."""
+    padding, either side; positions count from each row's first token, as in training) once, then
+    prefills the decoder with ``prompt`` int32 [B, P] (the start token: P = 1, as Hugging Face's
+    encoder-decoder ``generate``; rows are not padded, so ``lengths`` must all be P) into a KV cache
+    of ``cache_len`` slots. Call it under ``jax.jit``."""
     del lengths  # every decoder prompt row is whole (checked by api.decode)
     cfg = self.cfg.replace(decode=True, cache_len=cache_len)
     model = EncoderDecoderModel(cfg)
     b, p = prompt.shape
-    s = encoder_inputs.shape[1]
-    encoder_positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
     encoder_segment_ids = jnp.asarray(encoder_segment_ids, jnp.int32)
+    # Left padding must not shift the tokens' positions (learned and sinusoidal tables are absolute).
+    encoder_positions = jnp.maximum(jnp.cumsum(encoder_segment_ids != 0, axis=1, dtype=jnp.int32) - 1, 0)
     encoded = model.apply({'params': params}, encoder_inputs, encoder_positions, encoder_segment_ids,
                           method='encode')
     shapes = jax.eval_shape(model.init, jax.random.key(0), encoder_inputs, encoder_positions,

@@ -40,11 +40,34 @@ ENCODER = {'model.kind': 'encoder', 'model.head': 'mlm', 'model.type_vocab_size'
            'data.tokenizer': 'wordpiece', 'data.vocab_size': ENCODER_VOCAB}
 
 
+# The encoder-decoder (T5's layout: relative buckets, RMS norms, tied and rescaled output) on pairs of a few
+# words and the same words reversed, packed several to a row of 32 characters a side (char vocabulary of 30,
+# which 8 does not divide); 1 block per stack, so the decoder's cross-attention is in every comparison.
+WORDS = 'the quick brown fox jumps over the lazy dog and runs far away'.split()
+PAIRS = [(' '.join(WORDS[i % 11:i % 11 + 2 + i % 3]), ' '.join(WORDS[i % 11:i % 11 + 2 + i % 3][::-1]))
+         for i in range(60)]
+# init_std 0.2: the rescaled output (D^-0.5) leaves 0.02's logits near uniform for 5 steps, and at 0.5 the
+# strategies' losses part by ~1e-4 by step 5 (Adam turns float noise in near-zero gradients into whole steps).
+ENCODER_DECODER = {'model.num_decoder_layers': 1, 'model.init_std': 0.2, 'data.dataset': 'pairs',
+                   'data.target_len': 32}
+
+
+def encoder_decoder_overrides(tmp: pathlib.Path) -> dict:
+  from llm_jax.models.encoder_decoder import T5_LAYOUT
+  pairs = tmp / 'pairs.tsv'
+  if not pairs.exists():
+    pairs.write_text(''.join(f'{s}\t{t}\n' for s, t in PAIRS))
+  return {**{f'model.{k}': v for k, v in T5_LAYOUT.items()}, **ENCODER_DECODER, 'data.files': str(pairs),
+          'data.cache_dir': str(tmp / 'cache_encoder_decoder')}
+
+
 def config(tmp: pathlib.Path, kind: str = 'decoder', **extra):
   from llm_jax import config as config_lib
   base = overrides(tmp)
   if kind == 'encoder':
     base.update(ENCODER, **{'data.cache_dir': str(tmp / 'cache_encoder')})
+  elif kind == 'encoder_decoder':
+    base.update(encoder_decoder_overrides(tmp))
   return config_lib.from_file(str(ROOT / 'configs' / 'default.py'), **{**base, **extra})
 
 

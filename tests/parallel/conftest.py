@@ -40,6 +40,11 @@ def encoder_worker(parallel_dir) -> dict:
 
 
 @pytest.fixture(scope='session')
+def encoder_decoder_worker(parallel_dir) -> dict:
+  return _worker(parallel_dir, 'encoder_decoder')
+
+
+@pytest.fixture(scope='session')
 def reference(worker, parallel_dir) -> dict:
   return _reference(parallel_dir, 'decoder')
 
@@ -47,6 +52,11 @@ def reference(worker, parallel_dir) -> dict:
 @pytest.fixture(scope='session')
 def encoder_reference(encoder_worker, parallel_dir) -> dict:
   return _reference(parallel_dir, 'encoder')
+
+
+@pytest.fixture(scope='session')
+def encoder_decoder_reference(encoder_decoder_worker, parallel_dir) -> dict:
+  return _reference(parallel_dir, 'encoder_decoder')
 
 
 def _reference(parallel_dir: pathlib.Path, kind: str) -> dict:

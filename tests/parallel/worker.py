@@ -1,6 +1,6 @@
 """On 8 simulated CPU devices: every strategy and pmap train the shared run; restore across meshes.
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.parallel.worker OUT_DIR [encoder]
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.parallel.worker OUT_DIR [encoder|encoder_decoder]
 
 (started by tests/parallel/conftest.py). Writes OUT_DIR/results.json, one entry per
 run: the per-step losses, the per-device and replicated bytes of params + optimizer
@@ -17,7 +17,11 @@ mesh, the others receive it with ``jax.device_put`` onto their own shardings, so
 strategy compiles its train step and not the (slower to compile) init again.
 
 With ``encoder`` it trains the encoder (masked LM) under ENCODER_RUNS instead and writes
-OUT_DIR/results_encoder.json and OUT_DIR/init_encoder.npz (no checkpoints).
+OUT_DIR/results_encoder.json and OUT_DIR/init_encoder.npz (no checkpoints). With
+``encoder_decoder`` it trains the T5-layout encoder-decoder under ENCODER_DECODER_RUNS, writes
+OUT_DIR/results_encoder_decoder.json, OUT_DIR/init_encoder_decoder.npz and the fsdp run's trained
+parameters (OUT_DIR/fsdp_trained_encoder_decoder.npz), and (not pmap) greedy and beam-search
+translations of SOURCES decoded under each mesh from the initial and from the trained parameters.
 """
 
 import json
@@ -36,6 +40,8 @@ from tests.parallel import common
 RUNS = ('fsdp', 'data', 'tensor', 'data_fsdp', 'fsdp_tensor', 'data_fsdp_tensor', 'pmap')
 EVALUATED = ('fsdp_tensor', 'pmap')
 ENCODER_RUNS = ('fsdp', 'data', 'tensor', 'data_fsdp_tensor', 'pmap')
+ENCODER_DECODER_RUNS = ('fsdp', 'data', 'tensor', 'fsdp_tensor', 'data_fsdp_tensor', 'pmap')
+RUNS_OF = {'decoder': RUNS, 'encoder': ENCODER_RUNS, 'encoder_decoder': ENCODER_DECODER_RUNS}
 
 
 def describe(state) -> dict:
@@ -63,6 +69,9 @@ def run(name: str, tmp: pathlib.Path, out: pathlib.Path, shared: dict, kind: str
     if decoder and name == 'fsdp_tensor':
       result['restore'] = restore_here(trainer, out)
     result.update(describe(state))
+    seq2seq = kind == 'encoder_decoder' and name != 'pmap'
+    if seq2seq:  # before training too: the initial state is the same on every mesh
+      result['decoded_init'] = translate(trainer.kind, state.params, trainer.dataset.tokenizer)
     losses = []
     for step in range(common.STEPS):
       state, metrics = trainer.train_step(state, trainer.device_batch(trainer.dataset.train_batch(step)))
@@ -72,6 +81,10 @@ def run(name: str, tmp: pathlib.Path, out: pathlib.Path, shared: dict, kind: str
       result['eval_loss'] = trainer.evaluate(state.params)['eval_loss']
     if decoder and name != 'pmap':
       result['decoded'] = decode(trainer.kind, state.params)
+    if seq2seq:
+      result['decoded'] = translate(trainer.kind, state.params, trainer.dataset.tokenizer)
+    if kind == 'encoder_decoder' and name == 'fsdp':
+      np.savez(out / f'fsdp_trained{suffix}.npz', **common.flatten(state.params))
     if decoder and name == 'fsdp':
       save(state, out / 'ckpt_fsdp', config)
       np.savez(out / 'fsdp_trained.npz', **common.flatten(state))
@@ -88,6 +101,23 @@ def decode(kind, params) -> dict:
   greedy = generation.decode(kind, params, prompt, lengths=lengths, max_new_tokens=10)
   beams = generation.decode(kind, params, prompt, lengths=lengths, max_new_tokens=10, num_beams=3,
                             num_return_sequences=2, eos_ids=(1,))
+  return dict(greedy=np.asarray(greedy.tokens).tolist(), beam=np.asarray(beams.tokens).tolist(),
+              beam_scores=np.asarray(beams.scores).tolist())
+
+
+SOURCES = ('the quick brown fox', 'lazy dog and runs')
+
+
+def translate(kind, params, tokenizer) -> dict:
+  """Greedy and beam-search tokens of an encoder-decoder for SOURCES (one right-padded batch, each source
+  ending in eos as the seq2seq featurizer makes it) from ``params`` as they are placed."""
+  from llm_jax import generation
+  from llm_jax.generation import text
+  inputs = text.source_batch([list(tokenizer.encode(s)) + [tokenizer.eos_id] for s in SOURCES], tokenizer.pad_id)
+  start = np.full((len(SOURCES), 1), kind.decoder_start_id, np.int32)
+  greedy = generation.decode(kind, params, start, max_new_tokens=10, inputs=inputs, pad_id=tokenizer.pad_id)
+  beams = generation.decode(kind, params, start, max_new_tokens=10, num_beams=3, num_return_sequences=2,
+                            eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id, inputs=inputs)
   return dict(greedy=np.asarray(greedy.tokens).tolist(), beam=np.asarray(beams.tokens).tolist(),
               beam_scores=np.asarray(beams.scores).tolist())
 
@@ -119,7 +149,7 @@ def main(out_dir: str, kind: str = 'decoder') -> None:
   assert jax.device_count() == 8, f'needs 8 devices, got {jax.device_count()} (set XLA_FLAGS)'
   results, shared = {}, {}
   suffix = '' if kind == 'decoder' else f'_{kind}'
-  for name in (RUNS if kind == 'decoder' else ENCODER_RUNS):
+  for name in RUNS_OF[kind]:
     try:
       results[name] = run(name, tmp, out, shared, kind)
     except Exception:  # pylint: disable=broad-except
