@@ -79,6 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
                                   # attn_out, mlp_hidden, mlp_out (see llm_jax/models/layers.py)
   m.scan_layers = False           # nn.scan over layers (flat compile time in depth)
   m.init_std = 0.02               # std of the normal initializer
+  m.init_scheme = 'normal'        # 'normal': N(0, init_std), residual outputs / sqrt(2 L) (GPT-2) | 't5': scaled
+                                  # by fan-in as T5 (see llm_jax/models/layers.py initial_std)
 
   c.data = ml_collections.ConfigDict()
   d = c.data
@@ -218,6 +220,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _one_of('model.mlp_activation', m.mlp_activation, layers.ACTIVATIONS)
   _one_of('model.norm', m.norm, layers.NORMS)
   _one_of('model.norm_placement', m.norm_placement, ('pre', 'post'))
+  _one_of('model.init_scheme', m.init_scheme, layers.INIT_SCHEMES)
   _one_of('model.dtype', m.dtype, DTYPES)
   _one_of('model.remat', m.remat, blocks.REMAT_POLICIES)
   names = remat_names(m)
@@ -442,6 +445,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides
       remat_names=remat_names(m),
       scan_layers=m.scan_layers,
       init_std=m.init_std,
+      init_scheme=m.init_scheme,
   )
   fields.update(overrides)
   return layers.TransformerConfig(**fields)

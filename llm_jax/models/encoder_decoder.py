@@ -42,7 +42,7 @@ from llm_jax.train import objectives
 # mlp_activation to 'geglu', tie_embeddings and rescale_output to False.
 T5_LAYOUT = dict(kind='encoder_decoder', pos_encoding='t5_relative', norm='rmsnorm', norm_placement='pre',
                  norm_eps=1e-6, use_bias=False, attention_scale=False, mlp_activation='relu', tie_embeddings=True,
-                 rescale_output=True, embed_norm=False)
+                 rescale_output=True, embed_norm=False, init_scheme='t5')
 # The original Transformer (Vaswani et al. 2017): sinusoidal positions, post-LN, ReLU, biases, one
 # embedding shared by both stacks and the output.
 TRANSFORMER_LAYOUT = dict(kind='encoder_decoder', pos_encoding='sinusoidal', norm='layernorm', norm_placement='post',
@@ -109,7 +109,7 @@ class EncoderDecoderModel(nn.Module):
     self.encoder = Stack(encoder_config(cfg), self.token_embed)
     self.decoder = Stack(decoder_config(cfg), self.token_embed)
     if not cfg.tie_embeddings:
-      self.lm_head = layers.param_with_axes(self, 'lm_head', nn.initializers.normal(cfg.init_std),
+      self.lm_head = layers.param_with_axes(self, 'lm_head', nn.initializers.normal(layers.initial_std(cfg, 'lm_head')),
                                             (cfg.emb_dim, cfg.vocab_size), (axes.EMBED, axes.VOCAB))
 
   def encode(self, encoder_inputs, encoder_positions, encoder_segment_ids, deterministic: bool = True):

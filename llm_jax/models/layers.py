@@ -78,6 +78,7 @@ class TransformerConfig:
   remat_names: tuple[str, ...] = ()  # remat='save_named': which CHECKPOINT_NAMES to keep
   scan_layers: bool = False
   init_std: float = 0.02
+  init_scheme: str = 'normal'     # 'normal': N(0, init_std), residual outputs / sqrt(2L) | 't5' (``initial_std``)
   causal: bool = True
   decode: bool = False            # autoregressive decoding with a KV cache
   cache_len: int = 0              # decode: KV cache slots per row (0: max_len); a generation needs prompt + new tokens
@@ -112,6 +113,26 @@ def _out_std(cfg: TransformerConfig) -> float:
   return cfg.init_std / np.sqrt(2 * cfg.num_layers)
 
 
+INIT_SCHEMES = ('normal', 't5')
+
+
+def initial_std(cfg: TransformerConfig, role: str) -> float:
+  """The std of the normal initializer of a parameter playing ``role``.
+
+  'normal': init_std, and for the residual branches' outputs ('out', 'wo') GPT-2's
+  init_std / sqrt(2 L). 't5': Mesh TensorFlow's T5 initialization (what Hugging Face's
+  T5 draws), scaled by fan-in: embedding and untied output 1, query (D·H)^-0.5 (T5 folds the
+  1/sqrt(H) of attention into it), key, value, feed-forward input and the relative position
+  table D^-0.5, attention output (N·H)^-0.5, feed-forward output F^-0.5. With T5's rescaled
+  output this starts the logits at unit scale, where the 'normal' scheme starts them near 0.
+  """
+  if cfg.init_scheme == 't5':
+    d, h, n, f = cfg.emb_dim, cfg.head_dim, cfg.num_heads, cfg.mlp_dim
+    return {'embed': 1.0, 'lm_head': 1.0, 'query': (d * h) ** -0.5, 'key': d ** -0.5, 'value': d ** -0.5,
+            'out': (n * h) ** -0.5, 'wi': d ** -0.5, 'wo': f ** -0.5, 'relative': d ** -0.5}.get(role, cfg.init_std)
+  return _out_std(cfg) if role in ('out', 'wo') else cfg.init_std
+
+
 class Dense(nn.Module):
   """x[..., D_in] · kernel[D_in, features] (+ bias): a head's projection, float32 parameters
   with the logical axes ``kernel_axes``, computed in cfg.dtype."""
@@ -138,7 +159,7 @@ class Embed(nn.Module):
   cfg: TransformerConfig
 
   def setup(self):
-    self.embedding = param_with_axes(self, 'embedding', _normal(self.cfg.init_std),
+    self.embedding = param_with_axes(self, 'embedding', _normal(initial_std(self.cfg, 'embed')),
                                      (self.cfg.vocab_size, self.cfg.emb_dim),
                                      (axes.VOCAB, axes.EMBED))
 
@@ -337,7 +358,8 @@ class RelativePositionBias(nn.Module):
   @nn.compact
   def __call__(self, q_positions, kv_positions):
     cfg = self.cfg
-    table = param_with_axes(self, 'embedding', _normal(cfg.init_std), (cfg.relative_buckets, cfg.num_heads),
+    table = param_with_axes(self, 'embedding', _normal(initial_std(cfg, 'relative')),
+                            (cfg.relative_buckets, cfg.num_heads),
                             (axes.RELATIVE, axes.HEADS))
     relative = kv_positions[:, None, :] - q_positions[:, :, None]
     buckets = t5_buckets(relative, self.bidirectional, cfg.relative_buckets, cfg.relative_max_distance)
@@ -460,11 +482,11 @@ class Mlp(nn.Module):
     del deterministic
     cfg = self.cfg
     d, f = cfg.emb_dim, cfg.mlp_dim
-    wi = param_with_axes(self, 'wi', _normal(cfg.init_std), (d, f), (axes.EMBED, axes.MLP)).astype(cfg.dtype)
-    wo = param_with_axes(self, 'wo', _normal(_out_std(cfg)), (f, d), (axes.MLP, axes.EMBED)).astype(cfg.dtype)
+    wi = param_with_axes(self, 'wi', _normal(initial_std(cfg, 'wi')), (d, f), (axes.EMBED, axes.MLP)).astype(cfg.dtype)
+    wo = param_with_axes(self, 'wo', _normal(initial_std(cfg, 'wo')), (f, d), (axes.MLP, axes.EMBED)).astype(cfg.dtype)
     bias = lambda name, n, axis: param_with_axes(self, name, nn.initializers.zeros, (n,), (axis,)).astype(cfg.dtype)
     if cfg.mlp_activation in GATED:
-      wg = param_with_axes(self, 'wi_gate', _normal(cfg.init_std), (d, f), (axes.EMBED, axes.MLP)).astype(cfg.dtype)
+      wg = param_with_axes(self, 'wi_gate', _normal(initial_std(cfg, 'wi')), (d, f), (axes.EMBED, axes.MLP)).astype(cfg.dtype)
       up, gate = dense(x, wi), dense(x, wg)
       if cfg.use_bias:
         up, gate = up + bias('wi_bias', f, axes.MLP), gate + bias('wi_gate_bias', f, axes.MLP)
@@ -531,7 +553,7 @@ class Attention(nn.Module):
     kv_inputs = inputs_q if self_attention else inputs_kv
 
     def proj(name, x, heads, head_axis):
-      w = param_with_axes(self, name, _normal(cfg.init_std), (d, heads, h),
+      w = param_with_axes(self, name, _normal(initial_std(cfg, name)), (d, heads, h),
                           (axes.EMBED, head_axis, axes.KV)).astype(cfg.dtype)
       y = dense(x, w)
       if cfg.use_bias:
@@ -572,7 +594,7 @@ class Attention(nn.Module):
                  block=cfg.attention_block)
     out = checkpoint_name(out, 'attn_context')
 
-    wo = param_with_axes(self, 'out', _normal(_out_std(cfg)), (n, h, d),
+    wo = param_with_axes(self, 'out', _normal(initial_std(cfg, 'out')), (n, h, d),
                          (axes.HEADS, axes.KV, axes.EMBED)).astype(cfg.dtype)
     y = dense(out, wo, in_dims=2)
     if cfg.use_bias:

@@ -387,3 +387,29 @@ def test_counts_match_transformers():
     if not layout['tie_embeddings'] and model.lm_head.weight is model.shared.weight:
       count += model.lm_head.weight.numel()  # transformers 5 ties it anyway; the published v1.1 has its own
     assert count == want, name
+
+
+def test_t5_init_scheme_draws_t5s_stds():
+  """init_scheme='t5': each parameter's std is Mesh TensorFlow's fan-in scaling (as transformers'
+  T5PreTrainedModel._init_weights with factor 1): measured on a model large enough to estimate it."""
+  import flax.linen as nn
+  from llm_jax.models import kinds
+  from llm_jax.models.encoder_decoder import T5_LAYOUT
+  from llm_jax.models.layers import TransformerConfig
+  fields = {k: v for k, v in T5_LAYOUT.items() if k != 'kind'}
+  d, h, n, f = 128, 16, 8, 256
+  cfg = TransformerConfig(vocab_size=500, num_layers=1, num_decoder_layers=1, emb_dim=d, head_dim=h, num_heads=n,
+                          num_kv_heads=n, mlp_dim=f, max_len=16, **{**fields, 'tie_embeddings': False})
+  kind = kinds.build('encoder_decoder', cfg)
+  params = nn.meta.unbox(kind.init(jax.random.key(0), kind.example_batch(1, 8))['params'])
+  want = {'token_embed': 1.0, 'lm_head': 1.0, 'query': (d * h) ** -0.5, 'key': d ** -0.5, 'value': d ** -0.5,
+          'out': (n * h) ** -0.5, 'wi': d ** -0.5, 'wo': f ** -0.5}
+  seen = set()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    names = [getattr(p, 'key', '') for p in path]
+    role = next((r for r in want if r in names), None)
+    if role is None or 'scale' in names:
+      continue
+    seen.add(role)
+    assert abs(float(np.std(leaf)) / want[role] - 1) < 0.1, (names, float(np.std(leaf)), want[role])
+  assert seen == set(want)
