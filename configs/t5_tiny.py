@@ -3,8 +3,11 @@
 T5's layout (relative position buckets, RMS norms, no attention scaling, ReLU, tied and rescaled
 output) at small shapes, trained from scratch on 'reverse_words': phrases of 3-8 lowercase words
 from the embedded corpus, the target the same words in reverse order; the eval phrases are held
-out (never seen in training). A SentencePiece vocabulary trained on both sides. Each evaluation
-decodes the first eval examples with beam search and reports BLEU and exact match.
+out (never seen in training). Characters as tokens (a subword vocabulary trained on 5,000
+phrases leaves the held-out phrases' rarer pieces untrained). Each evaluation decodes the
+first 128 eval examples with 4 beams and reports BLEU and exact match. Measured (machine D,
+under load, the same recipe with a 2000-step schedule): eval exact match 0.914, BLEU 97.5
+after 2000 steps in 450 s (experiments/t5_tiny_reverse/README.md).
 
   python -m llm_jax.main --config=configs/t5_tiny.py --workdir=runs/t5_tiny
   python -m llm_jax.sample --workdir=runs/t5_tiny --prompt='the quick brown fox' --num_beams=4
@@ -23,28 +26,27 @@ def get_config():
   config.model.emb_dim = 128
   config.model.mlp_dim = 512
   config.model.relative_buckets = 32
-  config.model.relative_max_distance = 64
+  config.model.relative_max_distance = 128
   config.model.dropout_rate = 0.0
   config.data.dataset = 'reverse_words'
-  config.data.tokenizer = 'sentencepiece'
-  config.data.vocab_size = 2000
-  config.data.seq_len = 64            # source tokens per packed row
-  config.data.target_len = 64         # target tokens per packed row
-  config.train.steps = 1500
+  config.data.tokenizer = 'char'
+  config.data.seq_len = 128           # source characters per packed row
+  config.data.target_len = 128        # target characters per packed row
+  config.train.steps = 3000
   config.train.batch_size = 16
-  config.train.learning_rate = 3e-3
-  config.train.warmup_steps = 100
+  config.train.learning_rate = 2e-3
+  config.train.warmup_steps = 200
   config.train.schedule = 'cosine'
   config.train.end_learning_rate = 1e-4
   config.train.weight_decay = 0.01
-  config.eval.every_steps = 500
+  config.eval.every_steps = 1000
   config.eval.max_batches = 10
   config.eval.bleu_examples = 128
   config.eval.num_beams = 4
-  config.eval.max_decode_len = 24
-  config.checkpoint.every_steps = 500
+  config.eval.max_decode_len = 80
+  config.checkpoint.every_steps = 1000
   config.log_every_steps = 50
   config.sample.num_beams = 4
-  config.sample.max_new_tokens = 24
+  config.sample.max_new_tokens = 80
   config.sample.eval_prompts = 'the quick brown fox jumps|one two three four five'
   return config
