@@ -16,7 +16,7 @@ TINY = ['--d_model=32', '--d_kv=8', '--d_ff=64', '--layers=1', '--heads=4', '--v
         '--rounds=1', '--prompt_len=6', '--max_length=8', '--num_beams=3']
 
 
-@pytest.mark.slow  # imports torch and compiles three llm_jax programs (train step, beam, greedy): ~40 s on 2 cores
+@pytest.mark.slow  # imports torch and compiles three llm_jax programs (train step, beam, greedy): 20-45 s on 2 cores
 def test_t5_vs_hf_script_reports_every_part(tmp_path):
   out = tmp_path / 'results.json'
   proc = subprocess.run([sys.executable, str(ROOT / 'experiments' / 't5_vs_hf' / 'run.py'), *TINY, f'--out={out}'],
