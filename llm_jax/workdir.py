@@ -128,7 +128,29 @@ def load_config(workdir: str):
   if record is None:
     raise errors.ConfigError(f'{workdir} holds no training run (no {CONFIG_FILE}); give the workdir of a '
                              f'run of python -m llm_jax.main.')
-  return ml_collections.ConfigDict(record)
+  return ml_collections.ConfigDict(with_defaults(record))
+
+
+def with_defaults(record: dict) -> dict:
+  """``record`` laid over ``config.base_config()``: keys a recorded run predates take their defaults.
+
+  A workdir written before a config key existed (``model.init_scheme``, ``data.target_len``,
+  ...) still loads for sampling, export and ``init_from``; the defaults are the values that
+  reproduce what the code did before the key was added. Keys the record has and the base
+  config lacks are kept.
+  """
+  from llm_jax import config as config_lib
+
+  def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+      if isinstance(value, dict) and isinstance(out.get(key), dict):
+        out[key] = merge(out[key], value)
+      else:
+        out[key] = value
+    return out
+
+  return merge(config_lib.base_config().to_dict(), record)
 
 
 def _shown(value: Any) -> str:

@@ -207,3 +207,58 @@ def test_workdir_that_cannot_be_created_is_a_one_line_error(tmp_path):
   (tmp_path / 'file').write_text('')
   with pytest.raises(errors.ConfigError, match='cannot create --workdir=.*file/run'):
     loop._make_workdir(str(tmp_path / 'file' / 'run'))
+
+
+# Config keys added after 35b2f84 (the encoder-decoder issue). A workdir recorded before them
+# has none of them in its config.json; its model is what their defaults build.
+_KEYS_ADDED_AFTER_35B2F84 = (
+    'data.source_key', 'data.target_files', 'data.target_key', 'data.target_len', 'data.task_prefix',
+    'eval.bleu_examples', 'eval.max_decode_len', 'eval.num_beams', 'mesh.rules.relative',
+    'model.attention_scale', 'model.init_scheme', 'model.num_decoder_layers', 'model.relative_buckets',
+    'model.relative_max_distance', 'model.rescale_output', 'train.label_smoothing')
+
+
+def _strip(record: dict, dotted: str) -> None:
+  *parents, last = dotted.split('.')
+  for p in parents:
+    record = record[p]
+  del record[last]
+
+
+def test_a_workdir_recorded_before_newer_config_keys_samples_exports_and_resumes(tmp_path):
+  """Every key a record lacks takes base_config()'s default: sampling, export, init_from and
+  resuming read an old workdir as the run it was (regression: the model build raised
+  AttributeError on model.init_scheme)."""
+  import jax
+  import numpy as np
+  from llm_jax import checkpoint
+  workdir = tmp_path / 'run'
+  tiny = lambda **extra: runs.config(tmp_path, **{'train.steps': 4, 'checkpoint.every_steps': 2,
+                                                  'model.dropout_rate': 0.0, 'model.use_bias': True,
+                                                  **extra})  # with biases: GPT-2's layout, exportable
+  loop.train_and_evaluate(tiny(**{'train.stop_at': 2}), str(workdir))
+  config_now, kind_now, params_now, _ = checkpoint.load_for_inference(str(workdir))
+  record = json.loads((workdir / 'config.json').read_text())
+  for key in _KEYS_ADDED_AFTER_35B2F84:
+    _strip(record, key)
+  (workdir / 'config.json').write_text(json.dumps(record, indent=2, sort_keys=True))
+
+  config, kind, params, tokenizer = checkpoint.load_for_inference(str(workdir))
+  assert workdir_lib.flat(config) == workdir_lib.flat(config_now)
+  assert kind.features == kind_now.features
+  jax.tree.map(np.testing.assert_array_equal, params, params_now)
+
+  # the sample command and the exporter read it (one process each, as a user runs them)
+  out = subprocess.run([sys.executable, '-m', 'llm_jax.sample', f'--workdir={workdir}', '--prompt=the quick',
+                        '--max_new_tokens=4', '--temperature=0'], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert out.returncode == 0, out.stderr[-2000:]
+  from llm_jax.convert import exporter
+  exporter.export(str(workdir), str(tmp_path / 'hf'))
+  assert (tmp_path / 'hf' / 'config.json').exists()
+
+  # resuming with today's config finishes the run and records the full config
+  summary = loop.train_and_evaluate(tiny(), str(workdir))
+  assert summary['step'] == 4
+  resumed = json.loads((workdir / 'config.json').read_text())
+  assert resumed['model']['init_scheme'] == 'normal' and 'label_smoothing' in resumed['train']
