@@ -37,6 +37,7 @@ def get_config():
   config.model.relative_buckets = 32          # relative_attention_num_buckets
   config.model.relative_max_distance = 128    # relative_attention_max_distance
   config.model.max_len = 512                  # n_positions
+  config.model.vocab_size = 32128             # the checkpoint's rows; its tokenizer has 32100 ids
   config.model.dropout_rate = 0.1             # config.json's dropout_rate
   config.init_from = 't5-base'                # Hub id or local model directory
   config.data.tokenizer = 'pretrained'

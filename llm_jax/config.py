@@ -42,6 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
   m.head = 'lm'                   # decoder, encoder_decoder: 'lm'; encoder: 'mlm' (masked LM) | 'classify'
                                   # | 'none' (hidden states)
   m.num_classes = 0               # head='classify': number of labels
+  m.vocab_size = -1               # rows of the token embedding and the output (-1: the tokenizer's ids);
+                                  # more than the tokenizer has pads the table (t5-base: 32128 for 32100 ids)
   m.num_layers = 4                # transformer blocks L (encoder_decoder: of the encoder)
   m.num_decoder_layers = -1       # encoder_decoder: decoder blocks (-1: num_layers)
   m.num_heads = 4                 # query heads N
@@ -200,6 +202,8 @@ def _positive(config, *keys):
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   """Raises ConfigError (one line: the key and the fix) for a config that cannot run."""
   m, d, t = config.model, config.data, config.train
+  if m.vocab_size != -1 and m.vocab_size < 1:
+    raise ConfigError(f'config.model.vocab_size={m.vocab_size} must be -1 (the tokenizer\'s size) or positive.')
   _positive(config, 'model.num_layers', 'model.num_heads', 'model.emb_dim', 'data.seq_len',
             'train.steps', 'train.batch_size', 'train.micro_batches', 'log_every_steps',
             'checkpoint.every_steps', 'checkpoint.max_to_keep')
@@ -409,8 +413,11 @@ def remat_names(model: ml_collections.ConfigDict) -> tuple[str, ...]:
 def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides) -> layers.TransformerConfig:
   """The model's frozen dataclass from the experiment config (after ``validate``)."""
   m = config.model
+  if m.vocab_size != -1 and m.vocab_size < vocab_size:
+    raise ConfigError(f'config.model.vocab_size={m.vocab_size} is smaller than the tokenizer, which has {vocab_size} '
+                      f'ids; set --config.model.vocab_size=-1 (the tokenizer\'s size) or a size >= {vocab_size}.')
   fields = dict(
-      vocab_size=vocab_size,
+      vocab_size=vocab_size if m.vocab_size == -1 else m.vocab_size,
       num_layers=m.num_layers,
       num_decoder_layers=m.num_layers if m.num_decoder_layers == -1 else m.num_decoder_layers,
       num_heads=m.num_heads,

@@ -35,6 +35,23 @@ T5_BASE = {'architectures': ['T5ForConditionalGeneration'], 'model_type': 't5', 
            'vocab_size': 32128}
 
 
+T5_TOKENIZER_IDS = 32100  # len(T5TokenizerFast.from_pretrained('t5-base')): 32000 pieces + 100 sentinels
+
+
+def test_model_vocab_size_pads_the_table_and_is_never_below_the_tokenizer():
+  config = _config('t5_small')
+  assert config.model.vocab_size == -1 and trainer_lib.make_kind(config, 300).cfg.vocab_size == 300
+  config.model.vocab_size = 384  # rows beyond the tokenizer's ids (a multiple of 128, or a checkpoint's table)
+  assert trainer_lib.make_kind(config, 300).cfg.vocab_size == 384
+  config.model.vocab_size = 299
+  with pytest.raises(config_lib.ConfigError, match=r'model.vocab_size=299 is smaller than the tokenizer, which has '
+                                                   r'300 ids; set --config.model.vocab_size=-1'):
+    trainer_lib.make_kind(config, 300)
+  config.model.vocab_size = 0
+  with pytest.raises(config_lib.ConfigError, match='model.vocab_size=0 must be -1'):
+    config_lib.validate(config)
+
+
 def _config(name: str):
   return config_lib.from_file(f'configs/{name}.py')
 
@@ -75,7 +92,7 @@ def test_t5_counts_match_transformers(d_model, d_ff, layers, heads, count):
 def test_t5_base_recipe_has_t5_base_s_model_fields():
   """What init_from checks before loading t5-base (convert/t5.py ``mismatches``), at its vocabulary."""
   config = _config('t5_base_wmt14_enfr')
-  cfg = trainer_lib.make_kind(config, T5_BASE['vocab_size']).cfg
+  cfg = trainer_lib.make_kind(config, T5_TOKENIZER_IDS).cfg  # the table keeps the checkpoint's 32128 rows
   assert t5_convert.T5().mismatches(T5_BASE, cfg, 'T5ForConditionalGeneration', 't5-base') == []
   assert config.init_from == 't5-base' and config.data.tokenizer_path == 't5-base'
 

@@ -89,9 +89,7 @@ class Bert(table.Family):
     heads, width = get('num_attention_heads'), get('hidden_size')
     act = get('hidden_act')
     out = []
-    if cfg.vocab_size != get('vocab_size'):
-      out.append(Mismatch("the tokenizer's vocab_size", cfg.vocab_size, get('vocab_size'),
-                          f'--config.data.tokenizer=pretrained --config.data.tokenizer_path={source}'))
+    out += table.vocab(cfg.vocab_size, get('vocab_size'), source)
     out += table.field('num_layers', cfg.num_layers, get('num_hidden_layers'))
     out += table.field('emb_dim', cfg.emb_dim, width)
     out += table.field('num_heads', cfg.num_heads, heads)

@@ -89,9 +89,7 @@ class T5(table.Family):
   def mismatches(self, hf_config: dict, cfg: TransformerConfig, architecture: str, source: str) -> list[Mismatch]:
     fields = self.model_fields(hf_config, cfg.head, source)
     out = []
-    if cfg.vocab_size != fields['vocab_size']:
-      out.append(Mismatch("the tokenizer's vocab_size", cfg.vocab_size, fields['vocab_size'],
-                          f'--config.data.tokenizer=pretrained --config.data.tokenizer_path={source}'))
+    out += table.vocab(cfg.vocab_size, fields['vocab_size'], source)
     flags = {'num_decoder_layers': cfg.num_decoder_layers or cfg.num_layers}
     for name in ('num_layers', 'num_decoder_layers', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim',
                  'relative_buckets', 'relative_max_distance', 'mlp_activation', 'tie_embeddings', 'rescale_output'):

@@ -150,6 +150,17 @@ def field(key: str, ours, theirs, fix_value=None, close: bool = False) -> list[M
   return [Mismatch(f'config.model.{key}', ours, theirs, f'--config.model.{key}={value}')]
 
 
+def vocab(ours: int, theirs: int, source: str) -> list[Mismatch]:
+  """[Mismatch] when the model's vocabulary rows differ from the checkpoint's: the fix is the
+  checkpoint's tokenizer and its table size (which may exceed the tokenizer's ids: t5-base
+  has 32128 rows for 32100 ids)."""
+  if ours == theirs:
+    return []
+  return [Mismatch('the model\'s vocab_size (config.model.vocab_size, -1: the tokenizer\'s ids)', ours, theirs,
+                   f'--config.data.tokenizer=pretrained --config.data.tokenizer_path={source} '
+                   f'--config.model.vocab_size={theirs}')]
+
+
 # ----------------------------------------------------------------------------- families
 
 class Family(abc.ABC):

@@ -98,9 +98,11 @@ def _save_spec(directory: str, spec: dict) -> None:
   _write_atomic(os.path.join(directory, SPEC_FILE), json.dumps(spec, indent=1).encode())
 
 
-def _real_ids(ids) -> np.ndarray:
+def _real_ids(ids, vocab_size: int) -> np.ndarray:
+  """``ids`` without padding, eos and ids >= ``vocab_size`` (rows of a padded embedding table,
+  ``config.model.vocab_size``, that no piece names)."""
   ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-  return ids[(ids != PAD_ID) & (ids != EOS_ID)]
+  return ids[(ids != PAD_ID) & (ids != EOS_ID) & (ids < vocab_size)]
 
 
 _REGISTRY: dict[str, type] = {}
@@ -171,7 +173,7 @@ class CharTokenizer(_NoMarkers):
     return np.where(self._codes[rank] == codes, rank + NUM_SPECIAL, UNK_ID).astype(np.int32)
 
   def decode(self, ids) -> str:
-    ids = _real_ids(ids)
+    ids = _real_ids(ids, self.vocab_size)
     return ''.join(self.chars[i - NUM_SPECIAL] if i >= NUM_SPECIAL else '\ufffd' for i in ids)
 
   def save(self, directory: str) -> None:
@@ -202,7 +204,7 @@ class ByteTokenizer(_NoMarkers):
     return data.astype(np.int32) + NUM_SPECIAL
 
   def decode(self, ids) -> str:
-    ids = _real_ids(ids)
+    ids = _real_ids(ids, self.vocab_size)
     data = (ids[ids >= NUM_SPECIAL] - NUM_SPECIAL).astype(np.uint8)
     return data.tobytes().decode('utf-8', errors='replace')
 
@@ -269,7 +271,7 @@ class SentencePieceTokenizer(_NoMarkers):
     return np.asarray(self._sp.encode(text), dtype=np.int32).reshape(-1)
 
   def decode(self, ids) -> str:
-    return self._sp.decode(_real_ids(ids).tolist())
+    return self._sp.decode(_real_ids(ids, self.vocab_size).tolist())
 
   def save(self, directory: str) -> None:
     os.makedirs(directory, exist_ok=True)
@@ -319,7 +321,8 @@ class _HuggingFace:
     return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
   def decode(self, ids) -> str:
-    return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=True)
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    return self._tok.decode([int(i) for i in ids[ids < self.vocab_size]], skip_special_tokens=True)
 
   def save(self, directory: str, **spec) -> None:
     os.makedirs(directory, exist_ok=True)

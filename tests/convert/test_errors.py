@@ -100,7 +100,8 @@ def test_config_mismatch_lists_every_field_with_its_flag(good):
                 'config.model.max_len=128 (the checkpoint has 64)', 'config.model.norm_eps=1e-05 (the checkpoint has 1e-12)',
                 "config.model.mlp_activation='gelu_tanh' (the checkpoint has 'gelu_exact')",
                 "config.model.norm_placement='pre' (the checkpoint has 'post')",
-                "the tokenizer's vocab_size=290 (the checkpoint has 300)",
+                "the model's vocab_size (config.model.vocab_size, -1: the tokenizer's ids)=290 (the checkpoint has 300)",
+                '--config.model.vocab_size=300',
                 '--config.model.num_layers=2', '--config.model.mlp_dim=128', '--config.model.max_len=64',
                 '--config.model.norm_eps=1e-12', '--config.model.mlp_activation=gelu_exact',
                 '--config.model.norm_placement=post', f'--config.data.tokenizer_path={directory}'):

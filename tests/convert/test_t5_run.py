@@ -17,9 +17,11 @@ from llm_jax import pretrained
 TINY = ['--config=configs/t5_tiny.py', '--config.train.steps=3', '--config.model.num_layers=1',
         '--config.model.num_decoder_layers=2', '--config.model.emb_dim=32', '--config.model.num_heads=2',
         '--config.model.mlp_dim=64', '--config.data.seq_len=24', '--config.data.target_len=24',
-        '--config.data.vocab_size=300', '--config.train.batch_size=4', '--config.eval.every_steps=3',
+        '--config.model.vocab_size=128', '--config.train.batch_size=4', '--config.eval.every_steps=3',
         '--config.eval.max_batches=1', '--config.eval.bleu_examples=4', '--config.eval.max_decode_len=6',
-        '--config.checkpoint.every_steps=3', '--config.sample.eval_prompts=', '--config.model.init_std=0.5']
+        '--config.checkpoint.every_steps=3', '--config.sample.eval_prompts=']
+# model.vocab_size=128: the table has more rows than the character tokenizer has ids, as t5-base's
+# 32128 rows for its tokenizer's 32100: export, sampling and init_from keep the padded table.
 
 
 def _run(module, *args):
@@ -77,6 +79,17 @@ def test_init_from_the_exported_t5_restores_everything(run, tmp_path):
   # 1 + 2 layers: the shared embedding, per stack its relative bias table and final norm, and per layer
   # 4 attention projections + norm, 4 more in each decoder cross-attention, wi, wo and their norm.
   assert restored == 1 + 2 * 2 + 1 * (5 + 3) + 2 * (5 + 5 + 3)
+
+
+def test_init_from_a_table_larger_than_the_tokenizer_names_model_vocab_size(run, tmp_path):
+  workdir, out = run
+  assert json.loads((out / 'config.json').read_text())['vocab_size'] == 128
+  done = _run('main', *TINY, f'--workdir={tmp_path / "again"}', f'--config.init_from={out}',
+              f'--config.data.cache_dir={workdir / "data"}', '--config.model.vocab_size=-1', '--config.train.steps=1')
+  assert done.returncode == errors.USAGE, done.stderr[-2000:]
+  assert '(the checkpoint has 128)' in done.stderr and '--config.model.vocab_size=128' in done.stderr
+  from llm_jax import checkpoint
+  assert checkpoint.finalized_steps(str(tmp_path / 'again')) == []
 
 
 def test_a_t5_directory_for_a_decoder_config_names_both(run, tmp_path):

@@ -246,3 +246,15 @@ def test_every_tokenizer_names_its_markers(tmp_path):
     tok = _build(kind, tmp_path / kind)
     assert (tok.cls_id, tok.sep_id, tok.mask_id) == (None, None, None)
     assert tok.special_ids == (0, 1, 2)
+
+
+@pytest.mark.parametrize('kind, vocab', [('char', 300), ('byte', 300), ('sentencepiece', 300), ('wordpiece', 600)])
+def test_decode_skips_ids_of_a_padded_table(kind, tmp_path, vocab):
+  """model.vocab_size above the tokenizer's size: a sampled id no piece names decodes to nothing
+  (not a wrapped byte, an IndexError or an error of the library)."""
+  tok = _build(kind, tmp_path, _train_text(), vocab_size=vocab)
+  ids = tok.encode('The quick brown fox.').tolist()
+  expected = tok.decode(ids)
+  assert expected.strip()
+  padded = [ids[0], tok.vocab_size, *ids[1:], tok.vocab_size + 27]
+  assert tok.decode(np.asarray(padded)) == expected
