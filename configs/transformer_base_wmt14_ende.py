@@ -2,11 +2,12 @@
 
 6 encoder + 6 decoder layers, width 512, 8 heads, feed-forward 2048 (ReLU), sinusoidal
 positions, post-LN, biases, dropout 0.1, label smoothing 0.1, one embedding shared by both
-stacks and the output; Adam (b1 0.9, b2 0.98, eps 1e-9, no weight decay, no clipping) with
-their schedule d^-0.5 * min(step^-0.5, step * 4000^-1.5): 'rsqrt' with warmup 4000 and peak
-learning_rate = 512^-0.5 * 4000^-0.5 (about 7.0e-4); 100k steps. They used a shared BPE
-vocabulary of 37000 tokens; this trains a shared SentencePiece BPE vocabulary of 37000 on
-both sides of the training pairs (63,082,496 parameters; their Table 3 says 65M).
+stacks and the output (times sqrt(d_model) on the way in, their section 3.4); Adam (b1 0.9,
+b2 0.98, eps 1e-9, no weight decay, no clipping) with their schedule
+d^-0.5 * min(step^-0.5, step * 4000^-1.5): 'rsqrt' with warmup 4000 and peak learning_rate =
+512^-0.5 * 4000^-0.5 (about 7.0e-4); 100k steps. They used a shared BPE vocabulary of 37000
+tokens; this trains a shared SentencePiece BPE vocabulary of 37000 on both sides of the
+training pairs (63,082,496 parameters; their Table 3 says 65M).
 
 Batch: theirs held about 25,000 source and 25,000 target tokens. Here a batch is 96 packed
 rows of 256 source and 256 target tokens, 24,576 token slots a side: packing leaves some
@@ -30,7 +31,7 @@ from llm_jax.models.encoder_decoder import TRANSFORMER_LAYOUT
 
 def get_config():
   config = base_config()
-  config.model.update(TRANSFORMER_LAYOUT)      # sinusoidal, post-LN, ReLU, biases, shared embedding
+  config.model.update(TRANSFORMER_LAYOUT)      # sinusoidal, post-LN, ReLU, biases, shared embedding x sqrt(512)
   config.model.num_layers = 6                  # encoder layers
   config.model.num_decoder_layers = 6          # decoder layers
   config.model.emb_dim = 512                   # d_model

@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.norm_placement = 'pre'        # 'pre' (GPT-2) | 'post' (original Transformer, BERT)
   m.norm_eps = 1e-5               # epsilon of every norm (BERT: 1e-12)
   m.embed_norm = False            # a norm right after the embeddings (BERT)
+  m.embed_scale = False           # token embeddings times sqrt(emb_dim) (the original Transformer)
   m.type_vocab_size = 0           # token-type (sentence A/B) embeddings (BERT: 2); 0: none
   m.use_bias = False              # biases in dense layers and LayerNorm
   m.tie_embeddings = True         # output projection = token embedding transposed
@@ -439,6 +440,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides
       norm_placement=m.norm_placement,
       norm_eps=m.norm_eps,
       embed_norm=m.embed_norm,
+      embed_scale=m.embed_scale,
       type_vocab_size=m.type_vocab_size,
       head=m.head,
       num_classes=m.num_classes,

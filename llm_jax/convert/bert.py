@@ -28,7 +28,7 @@ from llm_jax.models.layers import TransformerConfig
 
 # What every BERT is, whatever its size: (TransformerConfig field, value).
 LAYOUT = (('norm', 'layernorm'), ('norm_placement', 'post'), ('embed_norm', True), ('use_bias', True),
-          ('pos_encoding', 'learned'))
+          ('pos_encoding', 'learned'), ('embed_scale', False))
 HEADS = {'mlm': 'BertForMaskedLM', 'classify': 'BertForSequenceClassification', 'none': 'BertModel'}
 
 

@@ -36,7 +36,7 @@ QKV_PER_HEAD = Transform('qkv_per_head', lambda a, cfg: _interleaved(a.T, cfg),
 QKV_PER_HEAD_BIAS = Transform('qkv_per_head_bias', lambda a, cfg: tuple(p[0] for p in _interleaved(a[None], cfg)),
                               lambda parts, cfg: _interleave(parts).reshape(-1))
 LAYOUT = (('pos_encoding', 'alibi'), ('norm', 'layernorm'), ('norm_placement', 'pre'), ('use_bias', True),
-          ('embed_norm', True), ('mlp_activation', 'gelu_tanh'))
+          ('embed_norm', True), ('embed_scale', False), ('mlp_activation', 'gelu_tanh'))
 
 
 _norm = table.norm_rules

@@ -43,7 +43,7 @@ QKV_COLUMNS_BIAS = Transform('qkv_columns_bias', lambda a, cfg: _split(a, cfg, l
 CONV_HEADS_OUT = Transform('conv_heads_out', lambda a, cfg: a.reshape(-1, cfg.head_dim, a.shape[-1]),
                            lambda a, cfg: a.reshape(-1, a.shape[-1]))
 LAYOUT = (('pos_encoding', 'learned'), ('norm', 'layernorm'), ('norm_placement', 'pre'), ('use_bias', True),
-          ('embed_norm', False))
+          ('embed_norm', False), ('embed_scale', False))
 
 
 _norm = table.norm_rules

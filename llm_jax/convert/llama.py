@@ -24,7 +24,7 @@ from llm_jax.convert.table import HEADS_IN, HEADS_OUT, LINEAR, Mismatch, Rule
 from llm_jax.models.layers import TransformerConfig
 
 LAYOUT = (('pos_encoding', 'rope'), ('norm', 'rmsnorm'), ('norm_placement', 'pre'), ('use_bias', False),
-          ('embed_norm', False), ('mlp_activation', 'swiglu'))
+          ('embed_norm', False), ('embed_scale', False), ('mlp_activation', 'swiglu'))
 DEFAULT_THETA = 10000.0
 
 

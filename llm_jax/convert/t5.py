@@ -23,7 +23,8 @@ from llm_jax.models.layers import TransformerConfig
 
 # What every T5 is, whatever its size: (TransformerConfig field, value).
 LAYOUT = (('norm', 'rmsnorm'), ('norm_placement', 'pre'), ('use_bias', False), ('pos_encoding', 't5_relative'),
-          ('attention_scale', False), ('embed_norm', False), ('type_vocab_size', 0))
+          ('attention_scale', False), ('embed_norm', False), ('embed_scale', False),
+          ('type_vocab_size', 0))
 # feed_forward_proj -> mlp_activation (Hugging Face: 'gated-gelu' is gelu_new, the tanh form; 'gelu' the erf form).
 FEED_FORWARD = {'relu': 'relu', 'gated-gelu': 'geglu', 'gated-silu': 'swiglu', 'gelu': 'gelu_exact'}
 EXPORTED_FEED_FORWARD = {v: k for k, v in FEED_FORWARD.items()}

@@ -42,12 +42,13 @@ from llm_jax.train import objectives
 # mlp_activation to 'geglu', tie_embeddings and rescale_output to False.
 T5_LAYOUT = dict(kind='encoder_decoder', pos_encoding='t5_relative', norm='rmsnorm', norm_placement='pre',
                  norm_eps=1e-6, use_bias=False, attention_scale=False, mlp_activation='relu', tie_embeddings=True,
-                 rescale_output=True, embed_norm=False, init_scheme='t5')
+                 rescale_output=True, embed_norm=False, embed_scale=False, init_scheme='t5')
 # The original Transformer (Vaswani et al. 2017): sinusoidal positions, post-LN, ReLU, biases, one
-# embedding shared by both stacks and the output.
+# embedding shared by both stacks and the output, scaled by sqrt(d_model) on the way in (their 3.4).
 TRANSFORMER_LAYOUT = dict(kind='encoder_decoder', pos_encoding='sinusoidal', norm='layernorm', norm_placement='post',
                           norm_eps=1e-6, use_bias=True, attention_scale=True, mlp_activation='relu',
-                          tie_embeddings=True, rescale_output=False, embed_norm=False)
+                          tie_embeddings=True, rescale_output=False, embed_norm=False,
+                          embed_scale=True)
 
 ENCODER_FEATURES = ('encoder_inputs', 'encoder_positions', 'encoder_segment_ids')
 DECODER_FEATURES = ('decoder_inputs', 'decoder_positions', 'decoder_segment_ids')

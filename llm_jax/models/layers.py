@@ -66,6 +66,8 @@ class TransformerConfig:
   norm_placement: str = 'pre'     # 'pre' | 'post'
   norm_eps: float = 1e-5
   embed_norm: bool = False        # a norm right after the embeddings (BERT, BLOOM)
+  embed_scale: bool = False       # token embeddings times sqrt(emb_dim) (Vaswani et al. 3.4); the tied
+                                  # output projection stays unscaled
   type_vocab_size: int = 0        # token-type (segment A/B) embeddings added to the input (BERT: 2); 0: none
   head: str = 'lm'                # what sits on top of the stack: 'lm' (decoder) | 'mlm' | 'classify' | 'none'
   num_classes: int = 0            # head='classify': labels
@@ -164,7 +166,10 @@ class Embed(nn.Module):
                                      (axes.VOCAB, axes.EMBED))
 
   def __call__(self, ids):
-    return jnp.take(self.embedding, ids, axis=0).astype(self.cfg.dtype)
+    x = jnp.take(self.embedding, ids, axis=0)
+    if self.cfg.embed_scale:
+      x = x * jnp.float32(self.cfg.emb_dim) ** 0.5
+    return x.astype(self.cfg.dtype)
 
   def attend(self, x):
     """x[B,T,D] -> logits[B,T,V]."""

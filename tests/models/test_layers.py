@@ -183,3 +183,27 @@ def test_norm_gradients_equal_autodiff_of_the_formula(norm):
   want = jax.grad(loss(reference), argnums=(0, 1))(x, scale)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_embed_scale_multiplies_the_lookup_by_sqrt_width_and_leaves_the_tied_output_alone():
+  """Vaswani et al. 3.4: the embedding weights are multiplied by sqrt(d_model) in the embedding
+  layers; the pre-softmax projection shares the unscaled matrix."""
+  cfg = TransformerConfig(vocab_size=11, num_layers=1, num_heads=2, emb_dim=16, max_len=8, embed_scale=True)
+  embed = layers.Embed(cfg)
+  ids = np.array([[3, 0, 10]])
+  variables = embed.init(jax.random.key(0), ids)
+  import flax.linen as nn
+  table = np.asarray(nn.meta.unbox(variables)['params']['embedding'])
+  np.testing.assert_allclose(np.asarray(embed.apply(variables, ids)), table[ids] * 4.0, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(embed.apply(variables, method=embed.projection)), table.T)
+  plain = layers.Embed(cfg.replace(embed_scale=False))
+  np.testing.assert_array_equal(np.asarray(plain.apply(variables, ids)), table[ids])
+
+
+def test_the_original_transformer_layout_scales_embeddings_and_exports_nowhere():
+  from llm_jax.convert import t5
+  from llm_jax.models.encoder_decoder import T5_LAYOUT, TRANSFORMER_LAYOUT
+  assert TRANSFORMER_LAYOUT['embed_scale'] is True and T5_LAYOUT['embed_scale'] is False
+  cfg = TransformerConfig(vocab_size=11, num_layers=1, num_heads=2, emb_dim=16, max_len=8, norm='rmsnorm',
+                          pos_encoding='t5_relative', attention_scale=False, embed_scale=True)
+  assert 'config.model.embed_scale=True (T5 has False)' in t5.T5().unfit(cfg)
