@@ -98,11 +98,17 @@ def _save_spec(directory: str, spec: dict) -> None:
   _write_atomic(os.path.join(directory, SPEC_FILE), json.dumps(spec, indent=1).encode())
 
 
-def _real_ids(ids, vocab_size: int) -> np.ndarray:
-  """``ids`` without padding, eos and ids >= ``vocab_size`` (rows of a padded embedding table,
-  ``config.model.vocab_size``, that no piece names)."""
+def _in_table(ids, vocab_size: int) -> np.ndarray:
+  """``ids`` flattened, without those >= ``vocab_size``: rows of a padded embedding table
+  (``config.model.vocab_size``) that no piece names."""
   ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-  return ids[(ids != PAD_ID) & (ids != EOS_ID) & (ids < vocab_size)]
+  return ids[ids < vocab_size]
+
+
+def _real_ids(ids, vocab_size: int) -> np.ndarray:
+  """``_in_table(ids)`` without padding and eos."""
+  ids = _in_table(ids, vocab_size)
+  return ids[(ids != PAD_ID) & (ids != EOS_ID)]
 
 
 _REGISTRY: dict[str, type] = {}
@@ -321,8 +327,7 @@ class _HuggingFace:
     return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
   def decode(self, ids) -> str:
-    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    return self._tok.decode([int(i) for i in ids[ids < self.vocab_size]], skip_special_tokens=True)
+    return self._tok.decode(_in_table(ids, self.vocab_size).tolist(), skip_special_tokens=True)
 
   def save(self, directory: str, **spec) -> None:
     os.makedirs(directory, exist_ok=True)
