@@ -56,7 +56,8 @@ def _llm_jax_side():
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   config = config_lib.from_file(os.path.join(root, 'configs', 'bert_tiny.py'), **{
       'model.num_layers': FLAGS.layers, 'model.emb_dim': FLAGS.width, 'model.num_heads': FLAGS.heads,
-      'model.dropout_rate': 0.0, 'model.max_len': 512, 'data.seq_len': FLAGS.seq_len, 'train.batch_size': FLAGS.batch,
+      'model.dropout_rate': 0.0, 'model.max_len': 512, 'model.pos_encoding': 'learned',  # BERT's own table
+      'data.seq_len': FLAGS.seq_len, 'train.batch_size': FLAGS.batch,
       'train.learning_rate': 1e-4, 'train.weight_decay': 0.01, 'train.grad_clip': 0.0, 'train.warmup_steps': 0,
       'data.tokenizer': 'byte'})  # the batches are synthetic: no tokenizer is trained or read
   dataset = common.synthetic_dataset(config, FLAGS.vocab)
