@@ -6,7 +6,8 @@ deterministic=...) -> logits[B,T,V] float32``; with ``return_hidden=True`` it re
 output projection, so a loss can form the logits a slice at a time
 (``objectives``, ``train.loss_chunk_size``). Packed documents (segment ids 1, 2, ...)
 never attend to each other; segment id 0 is padding. In decode mode (``cfg.decode``)
-each call appends to the KV cache.
+each call appends to the KV cache (``cache_start`` [B]: each row's first prompt slot, for
+T5's relative buckets, which need the cached keys' positions).
 
 ``DecoderKind.start_decoding`` is the adapter ``llm_jax.generation`` decodes through:
 one prefill of the (left-padded) prompts, then one token per call.
@@ -33,13 +34,23 @@ class DecoderLM(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, positions=None, segment_ids=None, deterministic: bool = True,
-               return_hidden: bool = False):
+               return_hidden: bool = False, cache_start=None):
     cfg = self.cfg
     positions, segment_ids = layers.default_positions(inputs, positions, segment_ids)
     x, embed = layers.embed_inputs(cfg, inputs, positions, None, deterministic)
     # Built once for every layer; in decode mode each layer's cache builds its own.
     mask = None if cfg.decode else layers.attention_mask(segment_ids, segment_ids, positions, positions, True)
-    x = blocks.stack_blocks(cfg, x, positions=positions, segment_ids=segment_ids, mask=mask,
+    bias = None
+    if cfg.pos_encoding in layers.LEARNED_BIAS:  # T5's causal buckets, one table for the stack
+      kv_positions = positions
+      if cfg.decode and not self.is_initializing():
+        # Cache slot j holds the (left-padded) prompt's token j, so its position is j - cache_start
+        # (each row's first real slot); slots not written yet are masked by their segment ids.
+        slots = jnp.arange(cfg.cache_len or cfg.max_len, dtype=jnp.int32)[None]
+        kv_positions = slots - jnp.asarray(0 if cache_start is None else cache_start, jnp.int32).reshape(-1, 1)
+        kv_positions = jnp.broadcast_to(kv_positions, (positions.shape[0], slots.shape[1]))
+      bias = layers.RelativePositionBias(cfg, bidirectional=False, name='relative_bias')(positions, kv_positions)
+    x = blocks.stack_blocks(cfg, x, positions=positions, segment_ids=segment_ids, mask=mask, bias=bias,
                             deterministic=deterministic)
     if cfg.norm_placement == 'pre':
       x = layers.NORMS[cfg.norm](cfg, name='final_norm')(x)
@@ -101,18 +112,18 @@ class DecoderKind(kinds.ModelKind):
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((b, cache_len), jnp.int32))['cache']
     empty = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-    def forward(cache, tokens, positions, segment_ids):
+    def forward(cache, tokens, positions, segment_ids, cache_start):
       (x, w), mutated = model.apply({'params': params, 'cache': cache}, tokens, positions, segment_ids,
-                                    return_hidden=True, mutable=['cache'])
+                                    return_hidden=True, cache_start=cache_start, mutable=['cache'])
       logits = layers.dense(x[:, -1], w.astype(cfg.dtype)).astype(jnp.float32)  # the last position only
       return logits, mutated['cache']
 
-    logits, cache = forward(empty, prompt, positions, segment_ids)
+    logits, cache = forward(empty, prompt, positions, segment_ids, start[:, 0])
 
     def tokens_to_logits(ids, state):
       rows = jnp.repeat(lengths, ids.shape[0] // b)  # beams repeat each prompt's rows side by side
       positions = (rows + state['step'])[:, None]
-      logits, cache = forward(state['model'], ids, positions, jnp.ones_like(ids))
+      logits, cache = forward(state['model'], ids, positions, jnp.ones_like(ids), p - rows)
       return logits, {'model': cache, 'step': state['step'] + 1}
 
     return kinds.Decoding(logits, {'model': cache, 'step': jnp.zeros((), jnp.int32)}, tokens_to_logits,

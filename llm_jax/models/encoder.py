@@ -56,7 +56,10 @@ class EncoderModel(nn.Module):
     positions, segment_ids = layers.default_positions(inputs, positions, segment_ids)
     x, embed = layers.embed_inputs(cfg, inputs, positions, token_types, deterministic)
     mask = layers.attention_mask(segment_ids, segment_ids, positions, positions, False)
-    x = blocks.stack_blocks(cfg, x, positions=positions, segment_ids=segment_ids, mask=mask,
+    bias = None
+    if cfg.pos_encoding in layers.LEARNED_BIAS:  # T5's buckets, both directions, one table for the stack
+      bias = layers.RelativePositionBias(cfg, bidirectional=True, name='relative_bias')(positions, positions)
+    x = blocks.stack_blocks(cfg, x, positions=positions, segment_ids=segment_ids, mask=mask, bias=bias,
                             deterministic=deterministic)
     if cfg.norm_placement == 'pre':
       x = layers.NORMS[cfg.norm](cfg, name='final_norm')(x)

@@ -434,11 +434,14 @@ NORMS = {'layernorm': LayerNorm, 'rmsnorm': RMSNorm}
 
 # 'gelu_tanh' is GPT-2's tanh approximation, 'gelu_exact' the erf form of BERT (and of
 # torch.nn.GELU()); they differ by up to about 1e-3, enough to matter against a reference.
+# 'swish' is x·sigmoid(x) (SiLU). The gated forms are Shazeer 2020's GLU variants (Table 1):
+# act(x·W_gate) * (x·W_up), the value being the gate's activation: GLU (sigmoid), Bilinear (none),
+# ReGLU, GEGLU (tanh-GELU, T5 v1.1's gated-gelu), SwiGLU (Llama).
 ACTIVATIONS = {'relu': jax.nn.relu, 'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),
-               'gelu_exact': lambda x: jax.nn.gelu(x, approximate=False), 'swiglu': jax.nn.silu,
-               'geglu': lambda x: jax.nn.gelu(x, approximate=True)}
-# Gated feed-forwards (Shazeer 2020): act(x·W_gate) * (x·W_up); the value is the gate's activation.
-GATED = ('swiglu', 'geglu')
+               'gelu_exact': lambda x: jax.nn.gelu(x, approximate=False), 'swish': jax.nn.silu,
+               'swiglu': jax.nn.silu, 'geglu': lambda x: jax.nn.gelu(x, approximate=True),
+               'reglu': jax.nn.relu, 'glu': jax.nn.sigmoid, 'bilinear': lambda x: x}
+GATED = ('swiglu', 'geglu', 'reglu', 'glu', 'bilinear')
 
 
 def _up_act_down(act):
@@ -473,8 +476,9 @@ _FUSED_MLP = {name: _up_act_down(act) for name, act in ACTIVATIONS.items() if na
 
 
 class Mlp(nn.Module):
-  """ReLU/GELU: act(x W1 + b1) W2 + b2.  SwiGLU / GEGLU: (act(x Wg) * x W1) W2 (Shazeer 2020),
-  act silu or tanh-GELU (T5 v1.1's gated-gelu).
+  """ReLU/GELU/Swish: act(x W1 + b1) W2 + b2.  Gated (GATED: SwiGLU, GEGLU, ReGLU, GLU, Bilinear):
+  (act(x Wg) * x W1) W2 (Shazeer 2020), act silu, tanh-GELU (T5 v1.1's gated-gelu), relu,
+  sigmoid or the identity.
 
   GELU comes as 'gelu_tanh' (GPT-2's approximation) and 'gelu_exact' (BERT's erf).
   Dropout is applied by the block to the output, not to the hidden layer (as GPT-2,

@@ -27,6 +27,9 @@ VARIANTS = {  # each position encoding once; grouped-query and scanned layers ri
     'learned': BASE,
     'sinusoidal_scan': dataclasses.replace(BASE, pos_encoding='sinusoidal', scan_layers=True),
     'rope_gqa': dataclasses.replace(BASE, pos_encoding='rope', num_kv_heads=2),
+    # T5's causal buckets in a decoder: exact up to 4 apart, log-spaced to 20, so the bias differs
+    # across the prompt and the generated tokens
+    't5_relative': dataclasses.replace(BASE, pos_encoding='t5_relative', relative_buckets=8, relative_max_distance=20),
 }
 P, N = 5, 27  # prompt length + new tokens = max_len: the cache is filled to the end
 

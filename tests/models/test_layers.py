@@ -113,29 +113,43 @@ def test_rope_is_the_rotation_of_pairs():
   assert dot(5, 3) == pytest.approx(dot(12, 10), rel=1e-4)
 
 
-@pytest.mark.parametrize('activation', ['relu', 'gelu_tanh', 'gelu_exact', 'swiglu'])
-def test_mlp_matches_numpy(activation):
-  cfg = TransformerConfig(vocab_size=8, emb_dim=8, mlp_dim=16, mlp_activation=activation, use_bias=True)
+_SIGMOID = lambda v: 1 / (1 + np.exp(-v))
+_GELU_TANH = lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))  # GPT-2's
+# Shazeer 2020's formulas, written out: FFN_act(x) = act(x W1) W2; gated: (act(x W) * x V) W2.
+NUMPY_ACTIVATIONS = {
+    'relu': lambda v: np.maximum(v, 0), 'gelu_tanh': _GELU_TANH,
+    'gelu_exact': lambda v: 0.5 * v * (1 + np.vectorize(math.erf)(v / np.sqrt(2))),  # x·Φ(x), BERT's
+    'swish': lambda v: v * _SIGMOID(v)}
+NUMPY_GATES = {'swiglu': lambda v: v * _SIGMOID(v), 'geglu': _GELU_TANH, 'reglu': lambda v: np.maximum(v, 0),
+               'glu': _SIGMOID, 'bilinear': lambda v: v}
+
+
+def test_every_activation_has_a_numpy_reference():
+  assert set(layers.ACTIVATIONS) == set(NUMPY_ACTIVATIONS) | set(NUMPY_GATES)
+  assert set(layers.GATED) == set(NUMPY_GATES)
+
+
+@pytest.mark.parametrize('use_bias', [True, False], ids=['bias', 'no_bias'])
+@pytest.mark.parametrize('activation', sorted(NUMPY_ACTIVATIONS) + sorted(NUMPY_GATES))
+def test_mlp_matches_numpy(activation, use_bias):
+  cfg = TransformerConfig(vocab_size=8, emb_dim=8, mlp_dim=16, mlp_activation=activation, use_bias=use_bias)
   x = RNG.normal(size=(2, 3, 8)).astype(np.float32)
   variables = layers.Mlp(cfg).init(jax.random.key(0), jnp.asarray(x), True)
   p = jax.tree.map(np.asarray, variables['params'])
   p = {k: np.asarray(v.value if hasattr(v, 'value') else v) for k, v in p.items()}
   got = layers.Mlp(cfg).apply(variables, jnp.asarray(x), True)
-  h = x @ p['wi'] + p['wi_bias']
-  if activation == 'relu':
-    h = np.maximum(h, 0)
-  elif activation == 'gelu_tanh':  # GPT-2's approximation
-    h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))
-  elif activation == 'gelu_exact':  # x·Φ(x), BERT's
-    h = 0.5 * h * (1 + np.vectorize(math.erf)(h / np.sqrt(2)))
+  b = lambda name: p[name] if use_bias else 0.0
+  h = x @ p['wi'] + b('wi_bias')
+  if activation in NUMPY_GATES:
+    h = NUMPY_GATES[activation](x @ p['wi_gate'] + b('wi_gate_bias')) * h
   else:
-    g = x @ p['wi_gate'] + p['wi_gate_bias']
-    h = g / (1 + np.exp(-g)) * h
-  want = h @ p['wo'] + p['wo_bias']
+    assert 'wi_gate' not in p
+    h = NUMPY_ACTIVATIONS[activation](h)
+  want = h @ p['wo'] + b('wo_bias')
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize('activation', ['relu', 'gelu_tanh', 'gelu_exact'])
+@pytest.mark.parametrize('activation', ['relu', 'gelu_tanh', 'gelu_exact', 'swish'])
 def test_mlp_hand_written_backward_equals_autodiff(activation):
   """The bias-free MLP uses a custom VJP; its value and gradients equal autodiff's."""
   cfg = TransformerConfig(vocab_size=8, emb_dim=8, mlp_dim=16, mlp_activation=activation, use_bias=False)
