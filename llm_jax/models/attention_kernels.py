@@ -164,6 +164,21 @@ def xla_attention(q, k, v, *, mask=None, bias=None, dropout=None, causal=False, 
   return out.reshape(b, n, t, h).transpose(0, 2, 1, 3)
 
 
+def attention_weights(q, k, *, mask=None, bias=None):
+  """The attention probabilities float32 [B, N, T, S] of q [B, T, N, H] over k [B, S, K, H]
+  (what the 'xla' kernel multiplies the values by; for looking at, e.g. attention maps)."""
+  b, t, n, h = q.shape
+  kv_heads, s = k.shape[2], k.shape[1]
+  g = n // kv_heads
+  qh = (q * h ** -0.5).transpose(0, 2, 1, 3).reshape(b, kv_heads, g, t, h)
+  logits = jnp.einsum('BKGQH,BSKH->BKGQS', qh, k, preferred_element_type=jnp.float32)
+  if bias is not None:
+    logits = logits + _grouped_bias(bias, b, kv_heads, g, t, s)
+  if mask is not None:
+    logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits, axis=-1).reshape(b, n, t, s)
+
+
 def _blocks(causal: bool, t: int, s: int, block: int) -> bool:
   """Whether 'blocked' really tiles: causal self-attention, T a multiple of a block < T."""
   return causal and t == s and 0 < block < t and t % block == 0

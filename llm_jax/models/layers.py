@@ -548,6 +548,9 @@ class Attention(nn.Module):
   additive float array broadcastable to [B, N, T, S], computed once per stack (ALiBi,
   T5's buckets). ``causal`` says the mask hides every later key, so a kernel may skip
   those blocks (self-attention of a decoder).
+
+  Applied with ``mutable=['intermediates']`` it also sows its attention probabilities
+  [B, N, T, S] as ``attention_weights`` (computed only then, whatever the kernel).
   """
   cfg: TransformerConfig
   causal: bool = False
@@ -602,6 +605,8 @@ class Attention(nn.Module):
     out = kernel(q, key, value, mask=mask, bias=bias, dropout=dropout, causal=self.causal and not decoding,
                  block=cfg.attention_block)
     out = checkpoint_name(out, 'attn_context')
+    if self.is_mutable_collection('intermediates'):  # apply(..., mutable=['intermediates']): attention maps
+      self.sow('intermediates', 'attention_weights', attention_kernels.attention_weights(q, key, mask=mask, bias=bias))
 
     wo = param_with_axes(self, 'out', _normal(initial_std(cfg, 'out')), (n, h, d),
                          (axes.HEADS, axes.KV, axes.EMBED)).astype(cfg.dtype)
