@@ -183,3 +183,62 @@ def process_start_time(default: float) -> float:
     return float(_INHERITED_START)
   except (TypeError, ValueError):
     return default
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+KERNEL_NAME = 'llm_jax'
+
+
+def kernel_json() -> dict:
+  """A Jupyter kernel spec for this Python whose processes start with the tunables set (where
+  this machine can use them), so a notebook gets what ``setup()`` gives the command line."""
+  env = {}
+  unset = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  if not why_not(unset):
+    env['GLIBC_TUNABLES'] = tunables_with_hugepages(os.environ.get('GLIBC_TUNABLES', ''))
+  return {'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+          'display_name': 'Python 3 (llm_jax)', 'language': 'python', 'env': env,
+          'metadata': {'debugger': True}}
+
+
+def install_kernel(user: bool = True, prefix: str | None = None) -> str:
+  """Installs ``kernel_json()`` as the Jupyter kernel ``llm_jax``; returns where it went."""
+  import json
+  import tempfile
+  from jupyter_client.kernelspec import KernelSpecManager
+  with tempfile.TemporaryDirectory() as tmp:
+    with open(os.path.join(tmp, 'kernel.json'), 'w') as f:
+      json.dump(kernel_json(), f, indent=1)
+    return KernelSpecManager().install_kernel_spec(tmp, KERNEL_NAME, user=user and prefix is None, prefix=prefix)
+
+
+def notebook() -> dict:
+  """The first call of a notebook, before any computation: what ``setup()`` does for the
+  command line, as far as a running kernel allows. Where the kernel started with the tunables
+  (the ``llm_jax`` kernel, ``python -m llm_jax.hostmem install-kernel``) CPU computations then
+  run inline and reuse their memory; elsewhere it says how to get that kernel (where this
+  machine could use it) and changes nothing. Returns ``describe()``."""
+  if keeps_freed_memory():
+    run_cpu_computations_inline()
+  elif not why_not({k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}):
+    print(f'[llm_jax] this kernel started without {TUNABLE} and the freed-memory tunables, so CPU steps map '
+          f'their temporaries afresh (slower); run `python -m llm_jax.hostmem install-kernel` and pick the '
+          f'"Python 3 (llm_jax)" kernel.', file=sys.stderr, flush=True)
+  return describe()
+
+
+def _parser():
+  import argparse
+  parser = argparse.ArgumentParser(prog='python -m llm_jax.hostmem', description='Host memory for notebooks.')
+  sub = parser.add_subparsers(dest='command', required=True)
+  install = sub.add_parser('install-kernel', help='install the Jupyter kernel "llm_jax" (the command line\'s host '
+                           'memory setup for notebooks)')
+  install.add_argument('--prefix', default=None, help='install under this prefix (e.g. sys.prefix of a venv)')
+  install.add_argument('--system', action='store_true', help='install system-wide instead of for this user')
+  return parser
+
+
+if __name__ == '__main__':
+  _args = _parser().parse_args()
+  print(install_kernel(user=not _args.system, prefix=_args.prefix))

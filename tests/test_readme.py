@@ -130,6 +130,16 @@ def test_command_matches_the_product(source, command, sample_workdir, monkeypatc
     assert (REPO / tokens[1]).is_file(), f'{source}: {tokens[1]} does not exist'
     return
   module = tokens[2]
+  if module in ('llm_jax.experiments', 'llm_jax.hostmem'):  # argparse entry points: parsed by their parser
+    import importlib
+    parser = importlib.import_module(f'{module}.__main__' if module == 'llm_jax.experiments' else module)._parser()
+    try:
+      parsed = parser.parse_args(tokens[3:])
+    except SystemExit:
+      pytest.fail(f'{source}: {command}\n  does not parse as {module}\'s command line')
+    if module == 'llm_jax.experiments' and not generic:
+      assert (REPO / parsed.study / 'study.py').is_file(), f'{source}: {command}\n  {parsed.study} is not a study'
+    return
   assert module in ('llm_jax.main', 'llm_jax.sample', 'llm_jax.bench', 'llm_jax.convert'), \
       f'{source}: unknown entry point {module}'
   args = [t for t in tokens[3:] if t.startswith('--')]

@@ -20,7 +20,10 @@ def get_study(scale):
       paper='Su et al. (2021), *RoFormer*, with EleutherAI\'s 125M OpenWebText2 comparison at 55k steps: rotary '
             'beats learned absolute positions and T5\'s relative buckets.',
       config=config, overrides=overrides, seeds=(0, 1), metric='eval_loss',
-      variants={e: {'model.pos_encoding': e} for e in ENCODINGS},
+      # sinusoidal as Vaswani et al. use it, token embeddings times sqrt(d_model) (their 3.4): without it the
+      # unit-sized sinusoids drown the 0.02-sized embeddings and the model stays at the unigram loss (README)
+      variants={e: {'model.pos_encoding': e, **({'model.embed_scale': True} if e == 'sinusoidal' else {})}
+                for e in ENCODINGS},
       published=PUBLISHED,
       claims=[Claim('rope', '<=', 'learned', 'rope <= learned'), Claim('rope', '<=', 't5_relative', 'rope <= t5_relative'),
               Claim('t5_relative', '<=', 'learned', 't5_relative <= learned')])

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     if code:
       return code
   report.report(study, args.scale, roots, out)
-  print(f'[study] results: {os.path.join(out, "results.md")} (+ results.csv, curves.png, final.png)', flush=True)
+  print(f'[study] results: {os.path.join(out, "results.md")} (+ results.csv, curves.csv, curves.png, final.png)', flush=True)
   return 0
 
 

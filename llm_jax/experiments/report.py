@@ -4,7 +4,7 @@
 (several roots merge the slices that different machines ran) and writes into ``out``:
 
 - ``results.csv``: one row per run (variant, seed, status, exit code, metric, seconds,
-  error, workdir);
+  error, workdir); ``curves.csv``: each finished run's curve metric per step;
 - ``results.md``: per variant the mean ± sample std over its finished seeds, the paper's
   number, and whether each claim reproduced: "yes" when the means are in the claimed
   order, with "(within noise)" when the gap is smaller than the standard error of the
@@ -97,6 +97,17 @@ def write_csv(study: study_lib.Study, found: dict, path: str) -> None:
                   record.get('seconds'), record.get('error', ''), runner.run_dir(root, run)])
 
 
+def write_curves(study: study_lib.Study, found: dict, path: str) -> None:
+  """Every finished run's curve, one row per (variant, seed, step): what curves.png draws."""
+  with open(path, 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(['variant', 'seed', 'step', study.curve])
+    for run in study.runs():
+      if run in found and found[run][0].get('status') == 'ok':
+        for step, value in found[run][0].get('curve', []):
+          w.writerow([run.variant, run.seed, step, value])
+
+
 def markdown(study: study_lib.Study, scale: str, summary: dict) -> str:
   verdicts = {}
   for claim in study.claims:
@@ -182,11 +193,12 @@ def plot(study: study_lib.Study, found: dict, summary: dict, out: str) -> list[s
 
 
 def report(study: study_lib.Study, scale: str, roots: Sequence[str], out: str) -> dict:
-  """Writes results.csv, results.md, curves.png and final.png into ``out``; returns the summary."""
+  """Writes results.csv, curves.csv, results.md, curves.png and final.png into ``out``; returns the summary."""
   os.makedirs(out, exist_ok=True)
   found = gather(study, roots)
   summary = summarize(study, found)
   write_csv(study, found, os.path.join(out, 'results.csv'))
+  write_curves(study, found, os.path.join(out, 'curves.csv'))
   with open(os.path.join(out, 'results.md'), 'w') as f:
     f.write(markdown(study, scale, summary))
   plot(study, found, summary, out)

@@ -101,6 +101,14 @@ def test_results_csv_and_md_report_what_the_runs_wrote(ran):
   line = next(line for line in md.splitlines() if line.startswith('| swiglu |'))
   assert line.split('|')[-2].strip().startswith(verdict)
   assert '| relu | model.mlp_activation=relu |' in md and '| 1.997 |' in md
+  curves = list(csv.DictReader(open(out / 'curves.csv')))
+  for v in ('relu', 'swiglu'):
+    for seed in (0, 1):
+      rows_ = [json.loads(line) for line in open(root / v / f'seed_{seed}' / 'metrics.jsonl')]
+      want = [(r['step'], r['eval_loss']) for r in rows_ if 'eval_loss' in r]
+      got = [(int(c['step']), float(c['eval_loss'])) for c in curves if c['variant'] == v and c['seed'] == str(seed)]
+      assert got == pytest.approx(want) and len(got) == 2
+  assert not any(c['variant'] == 'broken' for c in curves)
   for name in ('curves.png', 'final.png'):
     data = (out / name).read_bytes()
     assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 5000
@@ -203,3 +211,21 @@ def test_judge_words_against_hand_computed_numbers():
   assert not ok and words.startswith('no:')
   summary['a']['values'], summary['a']['mean'], summary['a']['std'] = [1.55, 1.65], 1.6, float(np.std([1.55, 1.65], ddof=1))
   assert report_lib.judge(study_lib.Claim('b', '<', 'a'), summary)[1].startswith('no (within noise)')
+
+
+def test_records_of_diverged_and_silent_runs(tmp_path):
+  study = study_lib.Study(name='s', paper='', config='configs/default.py', variants={'a': {}}, seeds=(0,))
+  run = study_lib.Run('a', 0)
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 3, "eval_loss": 2.5}\n{"step": 6, "eval_loss": NaN}\n{"step"')
+  nan = runner._record(study, run, str(tmp_path), 0, 1.0, '')  # pylint: disable=protected-access
+  assert nan['status'] == 'failed' and nan['error'] == 'diverged: final eval_loss is nan'
+  assert nan['curve'][0] == [3, 2.5] and len(nan['curve']) == 2  # the cut-off last line is skipped
+  log = 'step 5\nllm_jax: the loss is NaN at step 6; lower the learning rate.\n'
+  code3 = runner._record(study, run, str(tmp_path), 3, 1.0, log)  # pylint: disable=protected-access
+  assert code3['status'] == 'failed' and code3['exit_code'] == 3
+  assert code3['error'] == 'diverged: the loss is NaN at step 6; lower the learning rate.'
+  crashed = runner._record(study, run, str(tmp_path), 1, 1.0, 'Traceback\n  ...\nValueError: boom\n')  # pylint: disable=protected-access
+  assert crashed['error'] == 'ValueError: boom'
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 6, "train_loss": 2.0}\n')
+  silent = runner._record(study, run, str(tmp_path), 0, 1.0, '')  # pylint: disable=protected-access
+  assert silent['status'] == 'failed' and 'wrote no eval_loss' in silent['error']
