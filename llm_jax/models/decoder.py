@@ -73,6 +73,10 @@ class DecoderKind(kinds.ModelKind):
   """Next-token prediction on packed rows."""
   heads = ('lm',)
 
+  def __init__(self, cfg: TransformerConfig, label_smoothing: float = 0.0):
+    self.label_smoothing = label_smoothing  # train.label_smoothing: of the loss, not of the reported nll
+    super().__init__(cfg)
+
   @classmethod
   def features_of(cls, head: str) -> str:
     return 'lm'
@@ -90,7 +94,9 @@ class DecoderKind(kinds.ModelKind):
     outputs = self.module.apply({'params': params}, batch['inputs'], batch['positions'], batch['segment_ids'],
                                 deterministic=dropout_key is None, return_hidden=chunk_size > 0,
                                 rngs=None if dropout_key is None else {'dropout': dropout_key})
-    return objectives.get('causal_lm', chunk_size=chunk_size)(outputs, batch, z_loss)
+    if not chunk_size:
+      return objectives.get('causal_lm')(outputs, batch, z_loss, label_smoothing=self.label_smoothing)
+    return objectives.get('causal_lm', chunk_size=chunk_size)(outputs, batch, z_loss)  # smoothing: refused by config
 
   def metrics(self, sums: dict, prefix: str) -> dict:
     loss = sums['nll_sum'] / jnp.maximum(sums['weight_sum'], 1.0)

@@ -201,8 +201,9 @@ def chunked_token_cross_entropy(hidden, w, targets, weights, z_loss: float = 0.0
 
 
 @register('causal_lm')
-def causal_lm(logits, batch, z_loss: float = 0.0):
-  loss_sum, nll_sum, weight_sum = token_cross_entropy(logits, batch['targets'], batch['weights'], z_loss)
+def causal_lm(logits, batch, z_loss: float = 0.0, label_smoothing: float = 0.0):
+  loss_sum, nll_sum, weight_sum = token_cross_entropy(logits, batch['targets'], batch['weights'], z_loss,
+                                                      label_smoothing)
   return dict(loss_sum=loss_sum, nll_sum=nll_sum, weight_sum=weight_sum)
 
 

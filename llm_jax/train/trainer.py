@@ -88,6 +88,8 @@ def kind_options(config: ml_collections.ConfigDict) -> dict:
     return {'mlm_probability': config.data.mlm_probability}
   if config.model.kind == 'encoder_decoder':
     return {'target_len': config_lib.target_len(config), 'label_smoothing': config.train.label_smoothing}
+  if config.model.kind == 'decoder':
+    return {'label_smoothing': config.train.label_smoothing}
   return {}
 
 

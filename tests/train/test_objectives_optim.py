@@ -133,3 +133,32 @@ def test_rsqrt_schedule_is_vaswanis():
   for step in (1, 100, 3999, 4000, 4001, 10_000, 90_000):
     want = d ** -0.5 * min(step ** -0.5, step * 4000 ** -1.5)
     assert abs(float(lr(step)) - want) <= 1e-4 * want, step
+
+
+def test_the_decoder_kind_trains_on_the_smoothed_loss_and_reports_the_plain_nll():
+  """train.label_smoothing reaches the decoder kind (it was accepted and ignored before): its loss is the
+  cross-entropy against (1 - ε)·onehot + ε/V of the model's own logits, written out with NumPy."""
+  import flax.linen as nn
+  import jax
+  import numpy as np
+  from llm_jax import config as config_lib
+  from llm_jax.models import kinds
+  from llm_jax.models.layers import TransformerConfig
+  from llm_jax.train import trainer
+  config = config_lib.from_file('configs/default.py', **{'train.label_smoothing': 0.2, 'sample.prompt': ''})
+  assert trainer.make_kind(config, 50).label_smoothing == 0.2
+  cfg = TransformerConfig(vocab_size=50, num_layers=1, num_heads=2, num_kv_heads=2, emb_dim=16, head_dim=8,
+                          mlp_dim=32, max_len=8, init_std=0.5)
+  kind = kinds.build('decoder', cfg, label_smoothing=0.2)
+  batch = kind.synthetic_batch(np.random.default_rng(0), 2, 8)
+  params = nn.meta.unbox(kind.init(jax.random.key(0), batch)['params'])
+  sums = kind.loss(params, batch)
+  logits = np.asarray(kind.module.apply({'params': params}, batch['inputs'], batch['positions'], batch['segment_ids']),
+                      np.float64)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  soft = np.full(logits.shape, 0.2 / 50) + 0.8 * np.eye(50)[batch['targets']]
+  w = batch['weights']
+  np.testing.assert_allclose(float(sums['loss_sum']), (-(soft * logp).sum(-1) * w).sum(), rtol=1e-5)
+  nll = (-np.take_along_axis(logp, batch['targets'][..., None], -1)[..., 0] * w).sum()
+  np.testing.assert_allclose(float(sums['nll_sum']), nll, rtol=1e-5)
+  np.testing.assert_allclose(float(kinds.build('decoder', cfg).loss(params, batch)['loss_sum']), nll, rtol=1e-5)
