@@ -190,12 +190,17 @@ def process_start_time(default: float) -> float:
 KERNEL_NAME = 'llm_jax'
 
 
+def why_not_here() -> str:
+  """``why_not()`` for a process started afresh here, whatever this one's GLIBC_TUNABLES hold:
+  why a kernel started with the tunables would not get them ('' if it would)."""
+  return why_not({k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'})
+
+
 def kernel_json() -> dict:
   """A Jupyter kernel spec for this Python whose processes start with the tunables set (where
   this machine can use them), so a notebook gets what ``setup()`` gives the command line."""
   env = {}
-  unset = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
-  if not why_not(unset):
+  if not why_not_here():
     env['GLIBC_TUNABLES'] = tunables_with_hugepages(os.environ.get('GLIBC_TUNABLES', ''))
   return {'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
           'display_name': 'Python 3 (llm_jax)', 'language': 'python', 'env': env,
@@ -221,7 +226,7 @@ def notebook() -> dict:
   machine could use it) and changes nothing. Returns ``describe()``."""
   if keeps_freed_memory():
     run_cpu_computations_inline()
-  elif not why_not({k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}):
+  elif not why_not_here():
     print(f'[llm_jax] this kernel started without {TUNABLE} and the freed-memory tunables, so CPU steps map '
           f'their temporaries afresh (slower); run `python -m llm_jax.hostmem install-kernel` and pick the '
           f'"Python 3 (llm_jax)" kernel.', file=sys.stderr, flush=True)

@@ -27,8 +27,7 @@ SMALL = {
 CHECK_HOST_MEMORY = '''\
 from llm_jax import hostmem as _hostmem
 _state = _hostmem.describe()
-assert _state['cpu_computations_inline'] == _state['keeps_freed_memory'] == (not _hostmem.why_not(
-    {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'})), _state'''
+assert _state['cpu_computations_inline'] == _state['keeps_freed_memory'] == (not _hostmem.why_not_here()), _state'''
 
 
 @pytest.fixture(scope='module')
@@ -59,7 +58,7 @@ def test_every_notebook_has_small_settings_a_parameters_cell_and_a_badge():
 def test_the_kernel_spec_starts_python_with_the_tunables():
   spec = hostmem.kernel_json()
   assert spec['argv'][:3] == [sys.executable, '-m', 'ipykernel_launcher']
-  if not hostmem.why_not({k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}):
+  if not hostmem.why_not_here():
     assert hostmem.keeps_freed_memory(spec['env']) and hostmem.TUNABLE in spec['env']['GLIBC_TUNABLES']
 
 

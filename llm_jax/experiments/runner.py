@@ -134,13 +134,6 @@ def _record(study: study_lib.Study, run: study_lib.Run, workdir: str, code: int,
               finished=datetime.datetime.now().astimezone().isoformat(timespec='seconds'))
 
 
-def _write_json(path: str, data: dict) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(data, f, indent=1)
-  os.replace(tmp, path)
-
-
 def _duration(seconds: float) -> str:
   seconds = int(round(seconds))
   return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
@@ -187,7 +180,7 @@ def run_one(study: study_lib.Study, run: study_lib.Run, root: str, child: _Child
     f.seek(offset)
     text = f.read()
   record = _record(study, run, workdir, code, time.time() - start, text)
-  _write_json(os.path.join(workdir, RECORD), record)
+  workdir_lib._atomic_write(os.path.join(workdir, RECORD), json.dumps(record, indent=1))  # pylint: disable=protected-access
   return record
 
 
@@ -204,11 +197,16 @@ def run_study(study: study_lib.Study, scale: str, root: str, *, shard=(1, 1), re
   say = lambda text: print(f'[study] {text}', file=out, flush=True)
   say(f'{study.name} at scale {scale}: {total} runs{shard_text} in {os.path.abspath(root)}')
   try:
-    for i, run in enumerate(runs, 1):
+    def settled(i, run) -> bool:  # recorded already (a failed run counts unless retry_failed): says so
       record = read_record(root, run)
-      if record is not None and not (retry_failed and record.get('status') == 'failed'):
+      if record is None or (retry_failed and record.get('status') == 'failed'):
+        return False
+      say(f'run {i}/{total} {run.id}: already {record.get("status")}, skipped')
+      return True
+
+    for i, run in enumerate(runs, 1):
+      if settled(i, run):
         skipped += 1
-        say(f'run {i}/{total} {run.id}: already {record.get("status")}, skipped')
         continue
       claim_dir = os.path.join(root, CLAIMS, run.variant, f'seed_{run.seed}')
       os.makedirs(claim_dir, exist_ok=True)
@@ -220,10 +218,8 @@ def run_study(study: study_lib.Study, scale: str, root: str, *, shard=(1, 1), re
         say(f'run {i}/{total} {run.id}: another runner has it, skipped')
         continue
       try:
-        record = read_record(root, run)  # finished by another runner between the look and the claim
-        if record is not None and not (retry_failed and record.get('status') == 'failed'):
+        if settled(i, run):  # finished by another runner between the look and the claim
           skipped += 1
-          say(f'run {i}/{total} {run.id}: already {record.get("status")}, skipped')
           continue
         left = sum(1 for r in runs[i - 1:] if read_record(root, r) is None)
         eta = f', ETA {_duration(seconds_here / done_here * left)}' if done_here else ''
